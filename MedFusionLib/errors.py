@@ -1,0 +1,14 @@
+"""Exceptions raised by MedFusionLib.
+
+Every error caused by what a user passed in is an :class:`InputError`, a
+``ValueError`` subclass, whose message names the offending input and the
+problem, so the CLI and the Slicer module can show it as one clear line.
+"""
+
+
+class MedFusionError(Exception):
+    """Base class of every MedFusionLib error."""
+
+
+class InputError(MedFusionError, ValueError):
+    """An input image, file, parameter or model is unusable; the message says which and why."""

@@ -1,0 +1,186 @@
+"""Shared machinery of the metrics: the 0-255 scoring scale, histograms, windows, gradients.
+
+Intensity convention (applied jointly to every image of one metric call, so the
+fused image and its sources or target stay comparable):
+
+1. ``data_range=(lo, hi)`` given: ``(x - lo) / (hi - lo) * 255``, clipped to [0, 255].
+2. every image is ``uint8`` or ``bool``: used as is (``True`` -> 255).
+3. every value lies in [0, 1]: multiplied by 255 (floats normalised to unit range).
+4. every value lies in [0, 255]: used as is.
+5. otherwise (CT in HU, 16-bit MRI, arbitrary floats): joint min-max to [0, 255].
+
+Colour images ``(H, W, 3|4)`` are scored on their BT.601 luminance.  Metrics are
+2D; score volumes slice by slice.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+from ..validation import as_grey_image, source_name
+
+#: Top of the scale every metric is computed on.
+SCORE_MAX = 255.0
+#: Number of histogram bins of the information metrics (one per grey level).
+N_BINS = 256
+#: Variances below this (in grey levels squared on the 0-255 scale) are treated as
+#: exactly zero: windowed sums leave ~1e-10 of round-off where the window is constant.
+VARIANCE_FLOOR = 1e-6
+
+
+def to_score_scale(
+    images: Sequence[object],
+    names: Sequence[str],
+    data_range: tuple[float, float] | None = None,
+) -> list[np.ndarray]:
+    """Validate images and map them jointly onto the 0-255 scoring scale (see module docstring).
+
+    :param images: images of one metric call (fused image first, then sources or target).
+    :param names: their names, for error messages.
+    :param data_range: optional ``(lo, hi)`` intensity range that maps to [0, 255].
+    :returns: new 2D ``float64`` arrays of equal shape.
+    """
+    originals = [np.asarray(image) for image in images]
+    arrays = [as_grey_image(image, name) for image, name in zip(originals, names)]
+    for array, name in zip(arrays[1:], names[1:]):
+        if array.shape != arrays[0].shape:
+            raise InputError(
+                f"{name}: shape {array.shape} differs from {names[0]} shape {arrays[0].shape}"
+            )
+    if data_range is not None:
+        lo, hi = (float(v) for v in data_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise InputError(f"data_range: expected (lo, hi) with lo < hi, got {data_range!r}")
+        return [np.clip((a - lo) * (SCORE_MAX / (hi - lo)), 0.0, SCORE_MAX) for a in arrays]
+    if all(o.dtype == np.uint8 or o.dtype == bool for o in originals):
+        return [a * SCORE_MAX if o.dtype == bool else a for a, o in zip(arrays, originals)]
+    lo = min(float(a.min()) for a in arrays)
+    hi = max(float(a.max()) for a in arrays)
+    if lo >= 0.0 and hi <= 1.0:
+        return [a * SCORE_MAX for a in arrays]
+    if lo >= 0.0 and hi <= SCORE_MAX:
+        return arrays
+    if hi == lo:  # one constant value outside [0, 255], e.g. air at -1000 HU everywhere
+        return [np.zeros_like(a) for a in arrays]
+    scale = SCORE_MAX / (hi - lo)
+    return [(a - lo) * scale for a in arrays]
+
+
+def prepare_fused_and_sources(
+    fused: object,
+    sources: Sequence[object],
+    data_range: tuple[float, float] | None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Validate ``fused`` and at least two ``sources`` and put them on the scoring scale."""
+    if isinstance(sources, np.ndarray) or not isinstance(sources, Sequence):
+        raise InputError("sources: expected a list or tuple of source images")
+    if len(sources) < 2:
+        raise InputError(f"sources: at least 2 source images are needed, got {len(sources)}")
+    names = ["fused image"] + [source_name(i) for i in range(len(sources))]
+    scaled = to_score_scale([fused, *sources], names, data_range)
+    return scaled[0], scaled[1:]
+
+
+def prepare_pair(
+    first: object,
+    second: object,
+    names: tuple[str, str],
+    data_range: tuple[float, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two images (e.g. fused and target) and put them on the scoring scale."""
+    a, b = to_score_scale([first, second], names, data_range)
+    return a, b
+
+
+def prepare_single(image: object, data_range: tuple[float, float] | None) -> np.ndarray:
+    """Validate one image and put it on the scoring scale."""
+    return to_score_scale([image], ["image"], data_range)[0]
+
+
+def grey_levels(image: np.ndarray) -> np.ndarray:
+    """Quantise a 0-255 image to integer grey levels 0..255 (round to nearest)."""
+    return np.clip(np.rint(image), 0, N_BINS - 1).astype(np.intp)
+
+
+def histogram(image: np.ndarray) -> np.ndarray:
+    """Normalised 256-bin grey-level histogram (probabilities summing to 1)."""
+    counts = np.bincount(grey_levels(image).ravel(), minlength=N_BINS)
+    return counts / counts.sum()
+
+
+def joint_histogram(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Normalised 256x256 joint grey-level histogram; rows index ``first``."""
+    codes = grey_levels(first).ravel() * N_BINS + grey_levels(second).ravel()
+    counts = np.bincount(codes, minlength=N_BINS * N_BINS).reshape(N_BINS, N_BINS)
+    return counts / counts.sum()
+
+
+def entropy_of(probabilities: np.ndarray, base: float) -> float:
+    """Shannon entropy ``-sum p log p`` of a probability array (zeros contribute nothing)."""
+    p = probabilities[probabilities > 0]
+    return float(-(p * np.log(p)).sum() / np.log(base))
+
+
+def window_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """The ``size x size`` window, shrunk to the image where the image is smaller."""
+    return min(size, shape[0]), min(size, shape[1])
+
+
+def valid_window_mean(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Means over every window of ``shape`` lying fully inside the image (MATLAB ``'valid'``).
+
+    ``uniform_filter`` centres an even window of size w on ``[i - w//2, i + w//2 - 1]``,
+    so the window starting at row ``r`` is read at output row ``r + w//2``.
+    """
+    means = ndimage.uniform_filter(image, size=shape, mode="constant")
+    rows = slice(shape[0] // 2, shape[0] // 2 + image.shape[0] - shape[0] + 1)
+    cols = slice(shape[1] // 2, shape[1] // 2 + image.shape[1] - shape[1] + 1)
+    return means[rows, cols]
+
+
+def window_statistics(
+    x: np.ndarray, y: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-window means, population variances and covariance of ``x`` and ``y`` (valid windows).
+
+    Variances under :data:`VARIANCE_FLOOR` are set to exactly 0 so constant windows
+    take the defined branches of the indices instead of dividing round-off by round-off.
+    """
+    mean_x = valid_window_mean(x, shape)
+    mean_y = valid_window_mean(y, shape)
+    var_x = valid_window_mean(x * x, shape) - mean_x**2
+    var_y = valid_window_mean(y * y, shape) - mean_y**2
+    cov = valid_window_mean(x * y, shape) - mean_x * mean_y
+    var_x[var_x < VARIANCE_FLOOR] = 0.0
+    var_y[var_y < VARIANCE_FLOOR] = 0.0
+    return mean_x, mean_y, var_x, var_y, cov
+
+
+def window_variance(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Population variance of ``x`` over every valid window (floored like :func:`window_statistics`)."""
+    mean = valid_window_mean(x, shape)
+    var = valid_window_mean(x * x, shape) - mean**2
+    var[var < VARIANCE_FLOOR] = 0.0
+    return var
+
+
+def sobel_gradients(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal and vertical 3x3 Sobel responses; borders replicate the edge pixel.
+
+    Replicating (not zero-padding, as MATLAB's ``conv2(..., 'same')`` does) keeps a
+    constant image free of artificial border edges.
+    """
+    gx = ndimage.sobel(image, axis=1, mode="nearest")
+    gy = ndimage.sobel(image, axis=0, mode="nearest")
+    return gx, gy
+
+
+def forward_differences(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Forward differences along rows and columns on the common ``(H-1) x (W-1)`` grid."""
+    dx = image[:-1, 1:] - image[:-1, :-1]
+    dy = image[1:, :-1] - image[:-1, :-1]
+    return dx, dy

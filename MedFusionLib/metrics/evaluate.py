@@ -1,0 +1,232 @@
+"""The metric registry, :func:`evaluate` and the tidy metrics table shared by the CLI, experiments and Slicer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+from ..errors import InputError
+from ..validation import source_name
+from ._common import SCORE_MAX, to_score_scale
+from .information import (
+    conditional_entropy,
+    cross_entropy,
+    entropy,
+    feature_mutual_information,
+    fusion_mutual_information,
+)
+from .reference import (
+    peak_signal_to_noise_ratio,
+    relative_error,
+    root_mean_squared_error,
+    structural_similarity,
+)
+from .statistics import (
+    average_gradient,
+    energy_of_gradient,
+    mean_intensity,
+    spatial_frequency,
+    standard_deviation,
+)
+from .structural import (
+    edge_dependent_quality_index,
+    gradient_based_quality_index,
+    ssim_to_sources,
+    universal_quality_index,
+    visual_information_fidelity,
+    weighted_quality_index,
+)
+
+HIGHER = "higher is better"
+LOWER = "lower is better"
+NEUTRAL = "neither (descriptive)"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric is: how it is called, what it needs, which way is better, where it comes from.
+
+    ``family`` is ``"fused"`` (the fused image alone), ``"sources"`` (fused against
+    the sources) or ``"target"`` (fused against a target image).
+    """
+
+    key: str
+    label: str
+    family: str
+    direction: str
+    function: Callable[..., float]
+    definition: str
+    reference: str
+
+
+METRICS: dict[str, MetricInfo] = {
+    m.key: m
+    for m in [
+        MetricInfo("EN", "EN", "fused", HIGHER, entropy,
+                   "Shannon entropy of the 256-bin histogram, bits", "Roberts et al. 2008"),
+        MetricInfo("MEAN", "MEAN", "fused", NEUTRAL, mean_intensity,
+                   "mean grey level (0-255)", "-"),
+        MetricInfo("STD", "STD", "fused", HIGHER, standard_deviation,
+                   "population standard deviation (0-255)", "-"),
+        MetricInfo("SF", "SF", "fused", HIGHER, spatial_frequency,
+                   "sqrt(RF^2 + CF^2), mean squared neighbour differences", "Eskicioglu & Fisher 1995"),
+        MetricInfo("GRAD", "GRAD (AG)", "fused", HIGHER, average_gradient,
+                   "mean of sqrt((dx^2 + dy^2) / 2), forward differences", "Cui et al. 2015"),
+        MetricInfo("EOG", "EOG", "fused", HIGHER, energy_of_gradient,
+                   "mean of dx^2 + dy^2, forward differences", "Subbarao et al. 1993"),
+        MetricInfo("MI", "MI", "sources", HIGHER, fusion_mutual_information,
+                   "sum_k I(S_k; F), 256x256 joint histogram, nats", "Qu et al. 2002"),
+        MetricInfo("FMI", "FMI", "sources", HIGHER, feature_mutual_information,
+                   "fast feature MI on 3x3 windows of gradient features, mean over sources",
+                   "Haghighat et al. 2011; Haghighat & Razian 2014"),
+        MetricInfo("Q0", "Q0", "sources", HIGHER, universal_quality_index,
+                   "universal image quality index, 8x8 sliding windows, mean over sources",
+                   "Wang & Bovik 2002"),
+        MetricInfo("QW", "QW", "sources", HIGHER, weighted_quality_index,
+                   "saliency-weighted Q over 8x8 windows", "Piella & Heijmans 2003"),
+        MetricInfo("QE", "QE", "sources", HIGHER, edge_dependent_quality_index,
+                   "QW of Sobel edge images (alpha = 1)", "Piella & Heijmans 2003"),
+        MetricInfo("QABF", "Q^AB/F", "sources", HIGHER, gradient_based_quality_index,
+                   "Sobel edge strength and orientation preservation", "Xydeas & Petrovic 2000"),
+        MetricInfo("SSIM_S", "SSIM(S,F)", "sources", HIGHER, ssim_to_sources,
+                   "sum_k SSIM(S_k, F), 11x11 Gaussian sigma 1.5", "Wang et al. 2004"),
+        MetricInfo("VIF", "VIF", "sources", HIGHER, visual_information_fidelity,
+                   "sum_k pixel-domain VIF(S_k, F), 4 scales", "Sheikh & Bovik 2006"),
+        MetricInfo("RMSE", "RMSE", "target", LOWER, root_mean_squared_error,
+                   "sqrt(mean (F - T)^2) (0-255)", "-"),
+        MetricInfo("PSNR", "PSNR", "target", HIGHER, peak_signal_to_noise_ratio,
+                   "10 log10(255^2 / MSE), dB", "-"),
+        MetricInfo("SSIM", "SSIM", "target", HIGHER, structural_similarity,
+                   "SSIM(T, F), 11x11 Gaussian sigma 1.5", "Wang et al. 2004"),
+        MetricInfo("REL", "REL", "target", LOWER, relative_error,
+                   "||F - T||_2 / ||T||_2", "relative L2 error"),
+        MetricInfo("CE", "CE (Entropy)", "target", LOWER, cross_entropy,
+                   "sum p_T log2(p_T / p_F), add-one smoothed histograms", "Bulanon et al. 2009"),
+        MetricInfo("H", "H", "target", LOWER, conditional_entropy,
+                   "conditional entropy H(T | F), bits", "Cover & Thomas 2006"),
+    ]
+}
+
+
+def metric_names(family: str | None = None) -> list[str]:
+    """Registry keys, in table order; only one family (``"fused"``, ``"sources"``, ``"target"``) if given."""
+    return [k for k, m in METRICS.items() if family is None or m.family == family]
+
+
+def evaluate(
+    fused: object,
+    sources: Sequence[object],
+    target: object | None = None,
+    metrics: Iterable[str] | None = None,
+    *,
+    data_range: tuple[float, float] | None = None,
+) -> dict[str, float]:
+    """Score one fused image: ``{metric key: value}`` in registry order.
+
+    All images are mapped onto the 0-255 scale together, once (see
+    :mod:`MedFusionLib.metrics._common`), so every metric sees the same numbers.
+    Fusion time is not a metric: the caller measures it and adds it to the table.
+
+    :param fused: the fused 2D image (grey or RGB).
+    :param sources: the K >= 2 source images it was fused from, same shape.
+    :param target: optional target (reference) image enabling RMSE, PSNR, SSIM, REL, CE and H.
+    :param metrics: keys to compute (see :data:`METRICS`); default every metric the inputs allow.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
+        raise InputError("sources: expected a list or tuple of source images")
+    if len(sources) < 2:
+        raise InputError(f"sources: at least 2 source images are needed, got {len(sources)}")
+    if metrics is None:
+        keys = [k for k in METRICS if target is not None or METRICS[k].family != "target"]
+    else:
+        keys = list(metrics)
+        unknown = [k for k in keys if k not in METRICS]
+        if unknown:
+            raise InputError(f"metrics: unknown {unknown}; choose from {list(METRICS)}")
+        if target is None and any(METRICS[k].family == "target" for k in keys):
+            raise InputError(
+                f"metrics: {[k for k in keys if METRICS[k].family == 'target']} need a target image"
+            )
+    names = ["fused image"] + [source_name(i) for i in range(len(sources))]
+    images = [fused, *sources]
+    if target is not None:
+        names.append("target image")
+        images.append(target)
+    scaled = to_score_scale(images, names, data_range)
+    f, srcs = scaled[0], scaled[1 : 1 + len(sources)]
+    t = scaled[-1] if target is not None else None
+    identity = (0.0, SCORE_MAX)  # already on the scale: map it onto itself
+    results: dict[str, float] = {}
+    for key in (k for k in METRICS if k in keys):
+        info = METRICS[key]
+        if info.family == "fused":
+            results[key] = info.function(f, data_range=identity)
+        elif info.family == "sources":
+            results[key] = info.function(f, srcs, data_range=identity)
+        else:
+            results[key] = info.function(f, t, data_range=identity)
+    return results
+
+
+def metrics_table(
+    results: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, object]],
+    id_column: str = "image",
+) -> list[dict[str, object]]:
+    """Tidy table: one row per image, one column per metric (registry order), extra columns after.
+
+    :param results: ``{image name: {metric: value, ...}}`` (e.g. from :func:`evaluate`,
+        with a ``"time_s"`` the caller measured), or rows that already hold ``id_column``.
+    :param id_column: name of the first column.
+    :returns: a list of row dicts with identical keys, ready for CSV, a console or a Slicer table.
+    """
+    if isinstance(results, Mapping):
+        rows = [{id_column: name, **values} for name, values in results.items()]
+    else:
+        rows = [dict(row) for row in results]
+    present = {key for row in rows for key in row if key != id_column}
+    columns = [k for k in METRICS if k in present]
+    columns += sorted(present - set(columns))
+    return [{id_column: row.get(id_column), **{c: row.get(c, math.nan) for c in columns}} for row in rows]
+
+
+def table_to_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike | None = None) -> str:
+    """Write a :func:`metrics_table` as CSV text; also to ``path`` (atomically) if given."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _format_value(v) for k, v in row.items()})
+    text = buffer.getvalue()
+    if path is not None:
+        path = os.fspath(path)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+    return text
+
+
+def _format_value(value: object) -> object:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def format_table(rows: Sequence[Mapping[str, object]]) -> str:
+    """The table as aligned plain text for a console."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    cells = [[str(_format_value(row[c])) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""Full-reference metrics of a fused image against a target image T (the papers' supervised setting).
+
+RMSE, PSNR, SSIM and REL. All on the 0-255 scoring scale.  The papers' RMSE in
+paper 002 is on a [0, 1] scale (RMSE 0.37 <-> PSNR 8.6 dB): divide ours by 255 to compare.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import mean_squared_error
+
+from ._common import SCORE_MAX, prepare_pair
+from .structural import ssim_scaled
+
+_NAMES = ("fused image", "target image")
+
+
+def root_mean_squared_error(
+    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+) -> float:
+    """RMSE: ``sqrt((1/MN) sum (F - T)^2)`` on the 0-255 scale. Lower is better. Range [0, 255].
+
+    :param fused: the fused 2D image.
+    :param target: the target image, same shape.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    f, t = prepare_pair(fused, target, _NAMES, data_range)
+    return float(np.sqrt(mean_squared_error(t, f)))
+
+
+def peak_signal_to_noise_ratio(
+    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+) -> float:
+    """PSNR: ``10 log10(255^2 / MSE)`` in dB; ``inf`` when F equals T exactly.
+
+    Equals ``skimage.metrics.peak_signal_noise_ratio(T, F, data_range=255)`` where
+    that is finite. Higher is better. Range [0, inf] (0 dB needs every pixel off by 255).
+
+    :param fused: the fused 2D image.
+    :param target: the target image, same shape.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    f, t = prepare_pair(fused, target, _NAMES, data_range)
+    mse = mean_squared_error(t, f)
+    if mse == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(SCORE_MAX**2 / mse))
+
+
+def structural_similarity(
+    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+) -> float:
+    """SSIM of the fused image against the target (Wang et al., IEEE TIP 13(4), 2004).
+
+    ``skimage.metrics.structural_similarity`` with the paper's settings: 11x11
+    Gaussian window, sigma = 1.5, K = (0.01, 0.03), L = 255, population statistics.
+    Images smaller than the window use one global window. Higher is better.
+    Range [-1, 1], 1 when F = T.
+
+    :param fused: the fused 2D image.
+    :param target: the target image, same shape.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    f, t = prepare_pair(fused, target, _NAMES, data_range)
+    return ssim_scaled(t, f)
+
+
+def relative_error(
+    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+) -> float:
+    """REL: relative error ``||F - T||_2 / ||T||_2`` (Frobenius norms on the 0-255 scale).
+
+    The papers print REL without a definition; MedFusion uses the standard relative
+    L2 error (e.g. Golub & Van Loan, Matrix Computations, 4th ed., section 2.2.3).
+    A zero target gives 0 when F is also zero and ``inf`` otherwise.
+    Lower is better. Range [0, inf).
+
+    :param fused: the fused 2D image.
+    :param target: the target image, same shape.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    f, t = prepare_pair(fused, target, _NAMES, data_range)
+    error = float(np.linalg.norm(f - t))
+    norm = float(np.linalg.norm(t))
+    if norm == 0.0:
+        return 0.0 if error == 0.0 else float("inf")
+    return error / norm

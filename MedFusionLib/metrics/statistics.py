@@ -1,0 +1,87 @@
+"""Single-image statistics of a fused image: MEAN, STD, SF, GRAD (average gradient), EOG.
+
+All are computed on the 0-255 scoring scale (see :mod:`MedFusionLib.metrics._common`)
+and are means rather than sums, so they do not depend on the image size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import forward_differences, prepare_single
+
+
+def mean_intensity(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+    """MEAN: the mean grey level, ``(1/MN) sum F(i, j)``.
+
+    Direction: neither (describes brightness). Range [0, 255].
+
+    :param image: 2D grey or RGB image.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    return float(prepare_single(image, data_range).mean())
+
+
+def standard_deviation(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+    """STD: population standard deviation ``sqrt((1/MN) sum (F - mean F)^2)`` (ddof = 0).
+
+    Higher means more contrast. Range [0, 127.5].
+
+    :param image: 2D grey or RGB image.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    return float(prepare_single(image, data_range).std())
+
+
+def spatial_frequency(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+    """SF: spatial frequency ``sqrt(RF^2 + CF^2)``.
+
+    ``RF^2`` is the mean of ``(F(i, j) - F(i, j-1))^2`` over all horizontal
+    neighbour pairs and ``CF^2`` the same over vertical pairs (Eskicioglu & Fisher,
+    IEEE Trans. Commun. 43(12), 1995; means over the differences as in the VIFB
+    benchmark, Zhang et al. 2020, so a uniform ramp of slope s has SF = s at any
+    size). An image one pixel wide along an axis contributes 0 for that axis.
+    Higher means more detail. Range [0, 255 * sqrt(2)].
+
+    :param image: 2D grey or RGB image.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    f = prepare_single(image, data_range)
+    row_diff = np.diff(f, axis=1)
+    col_diff = np.diff(f, axis=0)
+    rf2 = float(np.mean(row_diff**2)) if row_diff.size else 0.0
+    cf2 = float(np.mean(col_diff**2)) if col_diff.size else 0.0
+    return float(np.sqrt(rf2 + cf2))
+
+
+def average_gradient(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+    """GRAD (AG): average gradient ``(1/((M-1)(N-1))) sum sqrt((dx^2 + dy^2) / 2)``.
+
+    ``dx``, ``dy`` are forward differences on the common ``(M-1) x (N-1)`` grid
+    (e.g. Cui et al., Opt. Commun. 341, 2015). Images one pixel wide give 0.
+    Higher means sharper. Range [0, 255].
+
+    :param image: 2D grey or RGB image.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    dx, dy = forward_differences(prepare_single(image, data_range))
+    if dx.size == 0:
+        return 0.0
+    return float(np.mean(np.sqrt((dx**2 + dy**2) / 2.0)))
+
+
+def energy_of_gradient(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+    """EOG: energy of gradient, the mean of ``dx^2 + dy^2`` over the ``(M-1) x (N-1)`` grid.
+
+    The classical focus measure sums ``dx^2 + dy^2`` (Subbarao et al., Opt. Eng.
+    32(11), 1993; Huang & Jing, Pattern Recognit. Lett. 28(4), 2007); the mean is
+    used here so the value does not grow with the image size. Images one pixel wide
+    give 0. Higher means more edge energy. Range [0, 2 * 255^2].
+
+    :param image: 2D grey or RGB image.
+    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
+    """
+    dx, dy = forward_differences(prepare_single(image, data_range))
+    if dx.size == 0:
+        return 0.0
+    return float(np.mean(dx**2 + dy**2))

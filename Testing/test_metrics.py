@@ -1,0 +1,486 @@
+"""Tests of MedFusionLib.metrics: hand-computed values, identities, invariances, library agreement, edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.measure import shannon_entropy
+from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+from skimage.metrics import structural_similarity as sk_ssim
+
+from MedFusionLib.errors import InputError
+from MedFusionLib.metrics import (
+    METRICS,
+    average_gradient,
+    conditional_entropy,
+    cross_entropy,
+    edge_dependent_quality_index,
+    energy_of_gradient,
+    entropy,
+    evaluate,
+    feature_mutual_information,
+    format_table,
+    fusion_mutual_information,
+    gradient_based_quality_index,
+    mean_intensity,
+    metric_names,
+    metrics_table,
+    mutual_information,
+    peak_signal_to_noise_ratio,
+    relative_error,
+    root_mean_squared_error,
+    spatial_frequency,
+    ssim_to_sources,
+    standard_deviation,
+    structural_similarity,
+    table_to_csv,
+    to_score_scale,
+    universal_quality_index,
+    visual_information_fidelity,
+    weighted_quality_index,
+)
+from MedFusionLib.metrics.structural import QABF_CONSTANTS
+
+RNG = np.random.default_rng(20261121)
+
+
+def phantom(shape=(64, 72), seed=0) -> np.ndarray:
+    """A uint8 image with edges, texture and a smooth part."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    image = 60 + 80 * ((x // 9 + y // 11) % 2) + 40 * np.sin(x / 7.0 + seed) + rng.normal(0, 6, shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+A = phantom(seed=1)
+B = phantom(seed=2)
+F = ((A.astype(float) + B) / 2).astype(np.uint8)
+T = np.maximum(A, B)
+
+# The top value of Q^AB/F allowed by Petrovic's constants (G = 1, A = 1).
+c = QABF_CONSTANTS
+QABF_MAX = c["gamma_g"] / (1 + math.exp(c["k_g"] * (1 - c["d_g"]))) * c["gamma_a"] / (
+    1 + math.exp(c["k_a"] * (1 - c["d_a"]))
+)
+
+
+# ------------------------------------------------------------------ intensity scale
+
+
+def test_scale_rules():
+    u8 = np.array([[0, 10], [200, 255]], dtype=np.uint8)
+    assert np.array_equal(to_score_scale([u8], ["x"])[0], u8.astype(float))
+    unit = np.array([[0.0, 0.5], [0.25, 1.0]])
+    assert np.allclose(to_score_scale([unit], ["x"])[0], unit * 255)
+    grey = np.array([[0.0, 3.0], [100.0, 255.0]])
+    assert np.array_equal(to_score_scale([grey], ["x"])[0], grey)
+    ct = np.array([[-1000, 0], [500, 3000]], dtype=np.int16)
+    scaled = to_score_scale([ct], ["x"])[0]
+    assert scaled.min() == 0 and scaled.max() == 255 and np.isclose(scaled[0, 1], 1000 / 4000 * 255)
+    assert np.array_equal(to_score_scale([np.array([[True, False]])], ["x"])[0], [[255.0, 0.0]])
+    ranged = to_score_scale([ct], ["x"], data_range=(-1000, 1000))[0]
+    assert ranged[0, 0] == 0 and ranged[1, 1] == 255 and np.isclose(ranged[0, 1], 127.5)
+    # joint: a [0, 1] image next to a [0, 255] one keeps the common scale
+    a, b = to_score_scale([np.array([[0.0, 1.0]]), np.array([[0.0, 200.0]])], ["a", "b"])
+    assert a.max() == 1.0 and b.max() == 200.0
+    # constant value outside [0, 255] maps to 0 rather than dividing by zero
+    assert np.array_equal(to_score_scale([np.full((2, 2), -1000.0)], ["x"])[0], np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.array([[np.nan, 1.0], [0.0, 1.0]]), "NaN"),
+        (np.array([[np.inf, 1.0], [0.0, 1.0]]), "infinite"),
+        (np.zeros((0, 4)), "empty"),
+        (np.zeros((2, 2, 2, 2)), "shape"),
+        (np.zeros((4, 4, 5)), "shape"),
+        (np.array([["a", "b"]]), "numeric"),
+    ],
+)
+def test_bad_images_raise_clear_errors(bad, message):
+    with pytest.raises(InputError, match=message):
+        evaluate(bad, [A[:2, :2], B[:2, :2]]) if bad.ndim == 2 and bad.size and bad.dtype.kind == "f" else evaluate(bad, [A, B])
+
+
+def test_shape_mismatch_and_source_count_errors():
+    with pytest.raises(InputError, match="source B"):
+        evaluate(F, [A, B[:10]])
+    with pytest.raises(InputError, match="at least 2"):
+        evaluate(F, [A])
+    with pytest.raises(InputError, match="list or tuple"):
+        evaluate(F, A)
+    with pytest.raises(InputError, match="target image"):
+        evaluate(F, [A, B], target=T[:5])
+    with pytest.raises(InputError, match="data_range"):
+        entropy(A, data_range=(5, 5))
+
+
+def test_evaluate_metric_selection_errors():
+    with pytest.raises(InputError, match="unknown"):
+        evaluate(F, [A, B], metrics=["EN", "BOGUS"])
+    with pytest.raises(InputError, match="need a target"):
+        evaluate(F, [A, B], metrics=["RMSE"])
+
+
+# ------------------------------------------------------------------ entropy, statistics
+
+
+def test_entropy_hand_values_and_skimage():
+    assert entropy(np.full((5, 7), 42, np.uint8)) == 0.0
+    half = np.zeros((4, 4), np.uint8)
+    half[:2] = 255
+    assert entropy(half) == pytest.approx(1.0)
+    all_levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert entropy(all_levels) == pytest.approx(8.0)
+    noisy = RNG.integers(0, 256, (50, 61)).astype(np.uint8)
+    assert entropy(noisy) == pytest.approx(shannon_entropy(noisy, base=2))
+
+
+def test_statistics_hand_values():
+    image = np.array([[0, 10], [20, 30]], dtype=np.uint8)
+    assert mean_intensity(image) == pytest.approx(15.0)
+    assert standard_deviation(image) == pytest.approx(np.sqrt(125.0))  # population, ddof = 0
+    assert spatial_frequency(image) == pytest.approx(np.sqrt(10**2 + 20**2))
+    assert average_gradient(image) == pytest.approx(np.sqrt((10**2 + 20**2) / 2))
+    assert energy_of_gradient(image) == pytest.approx(10**2 + 20**2)
+    checker = (np.indices((6, 6)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    assert spatial_frequency(checker) == pytest.approx(255 * np.sqrt(2))
+
+
+def test_spatial_frequency_of_a_ramp_does_not_depend_on_size():
+    for width in (5, 40, 200):
+        ramp = np.tile(np.arange(width, dtype=np.uint8) * 1, (7, 1))
+        assert spatial_frequency(ramp) == pytest.approx(1.0)
+        assert energy_of_gradient(ramp) == pytest.approx(1.0)
+
+
+def test_one_pixel_and_one_row_images():
+    pixel = np.array([[7]], dtype=np.uint8)
+    for function in (spatial_frequency, average_gradient, energy_of_gradient, entropy, standard_deviation):
+        assert function(pixel) == 0.0
+    row = np.array([[0, 10, 20]], dtype=np.uint8)
+    assert spatial_frequency(row) == pytest.approx(10.0)
+    assert average_gradient(row) == 0.0
+
+
+# ------------------------------------------------------------------ information
+
+
+def test_mutual_information_identities():
+    assert mutual_information(A, B) == pytest.approx(mutual_information(B, A))
+    assert mutual_information(A, A) == pytest.approx(entropy(A) * np.log(2))
+    assert mutual_information(A, A, base=2) == pytest.approx(entropy(A))
+    assert mutual_information(A, np.full_like(A, 9)) == 0.0
+    expected = mutual_information(A, F) + mutual_information(B, F)
+    assert fusion_mutual_information(F, [A, B]) == pytest.approx(expected)
+    assert fusion_mutual_information(F, [A, B, A]) == pytest.approx(expected + mutual_information(A, F))
+
+
+def test_histogram_metrics_do_not_depend_on_tiling_or_translation():
+    tiled = [np.tile(x, (2, 3)) for x in (F, A, B)]
+    assert entropy(tiled[0]) == pytest.approx(entropy(F))
+    assert fusion_mutual_information(tiled[0], tiled[1:]) == pytest.approx(fusion_mutual_information(F, [A, B]))
+    patch = RNG.integers(0, 256, (10, 12)).astype(np.uint8)
+    canvas_1 = np.zeros((40, 40), np.uint8)
+    canvas_2 = np.zeros((40, 40), np.uint8)
+    canvas_1[5:15, 6:18] = patch
+    canvas_2[22:32, 20:32] = patch
+    for function in (entropy, spatial_frequency, average_gradient, energy_of_gradient, standard_deviation):
+        assert function(canvas_1) == pytest.approx(function(canvas_2))
+
+
+def test_cross_entropy_and_conditional_entropy():
+    assert cross_entropy(T, T) == 0.0
+    assert cross_entropy(F, T) > 0.0
+    shuffled = RNG.permutation(F.ravel()).reshape(F.shape)
+    assert cross_entropy(shuffled, T) == pytest.approx(cross_entropy(F, T))  # histogram only
+    assert conditional_entropy(T, T) == 0.0
+    assert conditional_entropy(255 - T, T) == pytest.approx(0.0, abs=1e-12)  # a bijection explains T
+    assert conditional_entropy(np.full_like(T, 3), T) == pytest.approx(entropy(T))
+    assert 0.0 < conditional_entropy(F, T) <= entropy(T)
+
+
+# ------------------------------------------------------------------ full-reference
+
+
+def test_rmse_psnr_rel_hand_values_and_skimage():
+    target = np.full((8, 9), 100, np.uint8)
+    off_by_one = target + 1
+    assert root_mean_squared_error(off_by_one, target) == pytest.approx(1.0)
+    assert peak_signal_to_noise_ratio(off_by_one, target) == pytest.approx(20 * np.log10(255))
+    assert relative_error(off_by_one, target) == pytest.approx(0.01)
+    assert peak_signal_to_noise_ratio(T, T) == math.inf
+    assert root_mean_squared_error(T, T) == 0.0
+    assert peak_signal_to_noise_ratio(F, T) == pytest.approx(sk_psnr(T, F, data_range=255))
+    zero = np.zeros((3, 3), np.uint8)
+    assert relative_error(zero, zero) == 0.0
+    assert relative_error(zero + 1, zero) == math.inf
+
+
+def test_ssim_agrees_with_skimage_and_handles_small_images():
+    expected = sk_ssim(T.astype(float), F.astype(float), data_range=255, gaussian_weights=True,
+                       sigma=1.5, use_sample_covariance=False)
+    assert structural_similarity(F, T) == pytest.approx(expected)
+    # float images in [0, 1] are scored on the same 0-255 scale
+    assert structural_similarity(F / 255.0, T / 255.0) == pytest.approx(expected)
+    assert structural_similarity(T, T) == pytest.approx(1.0)
+    small = phantom((5, 9))
+    assert structural_similarity(small, small) == pytest.approx(1.0)
+    assert -1.0 <= structural_similarity(small, 255 - small) < 0.0
+    assert ssim_to_sources(A, [A, A]) == pytest.approx(2.0)
+    assert ssim_to_sources(F, [A, B]) == pytest.approx(
+        sum(sk_ssim(s.astype(float), F.astype(float), data_range=255, gaussian_weights=True,
+                    sigma=1.5, use_sample_covariance=False) for s in (A, B)))
+
+
+# ------------------------------------------------------------------ Q0, QW, QE
+
+
+def _q_index(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang & Bovik's Q of two windows, written out from the paper (oracle for the tests)."""
+    mx, my = x.mean(), y.mean()
+    vx, vy = x.var(), y.var()
+    cov = ((x - mx) * (y - my)).mean()
+    if vx + vy == 0:
+        return 1.0 if mx**2 + my**2 == 0 else 2 * mx * my / (mx**2 + my**2)
+    return 4 * cov * mx * my / ((vx + vy) * (mx**2 + my**2))
+
+
+def _windows(shape, size=8):
+    for r in range(shape[0] - size + 1):
+        for col in range(shape[1] - size + 1):
+            yield slice(r, r + size), slice(col, col + size)
+
+
+def test_q0_matches_the_sliding_window_definition():
+    a, b, f = (x[:13, :15].astype(float) for x in (A, B, F))
+    expected = np.mean([np.mean([_q_index(s[w], f[w]) for w in _windows(f.shape)]) for s in (a, b)])
+    assert universal_quality_index(f, [a, b]) == pytest.approx(expected)
+
+
+def test_qw_matches_piellas_definition():
+    a, b, f = (x[:13, :15].astype(float) for x in (A, B, F))
+    numerator = denominator = 0.0
+    for w in _windows(f.shape):
+        sa, sb = a[w].var(), b[w].var()
+        weight = max(sa, sb)
+        lam = sa / (sa + sb) if sa + sb > 0 else 0.5
+        numerator += weight * (lam * _q_index(a[w], f[w]) + (1 - lam) * _q_index(b[w], f[w]))
+        denominator += weight
+    assert weighted_quality_index(f, [a, b]) == pytest.approx(numerator / denominator)
+
+
+def test_quality_indices_identities_and_ranges():
+    for function in (universal_quality_index, weighted_quality_index, edge_dependent_quality_index):
+        assert function(A, [A, A]) == pytest.approx(1.0)
+        assert function(F, [A, B]) == pytest.approx(function(F, [B, A]))
+        assert -1.0 <= function(F, [A, B]) <= 1.0
+    assert universal_quality_index(255 - A, [A, A]) < 0.0
+    flat = np.full_like(A, 80)
+    # a flat source has no saliency, so QW judges F only against the source with structure
+    assert weighted_quality_index(A, [A, flat]) == pytest.approx(1.0)
+    assert universal_quality_index(flat, [flat, flat]) == 1.0
+    zero = np.zeros_like(A)
+    assert universal_quality_index(zero, [zero, zero]) == 1.0
+    assert edge_dependent_quality_index(F, [A, B], alpha=0.0) == pytest.approx(
+        max(0.0, weighted_quality_index(F, [A, B])))
+    with pytest.raises(ValueError, match="alpha"):
+        edge_dependent_quality_index(F, [A, B], alpha=1.5)
+
+
+# ------------------------------------------------------------------ Q^AB/F
+
+
+def test_qabf_identities():
+    assert QABF_MAX == pytest.approx(0.99885 * 0.97592, abs=1e-4)
+    assert gradient_based_quality_index(A, [A, A]) == pytest.approx(QABF_MAX)
+    # a flat source carries no edge weight: F = A is perfect for the pair (A, flat)
+    assert gradient_based_quality_index(A, [A, np.full_like(A, 40)]) == pytest.approx(QABF_MAX)
+    assert gradient_based_quality_index(np.full_like(A, 40), [A, B]) < 0.01
+    flat = np.full_like(A, 40)
+    assert gradient_based_quality_index(A, [flat, flat]) == 0.0
+    value = gradient_based_quality_index(F, [A, B])
+    assert 0.0 < value < QABF_MAX
+    assert value == pytest.approx(gradient_based_quality_index(F, [B, A]))
+
+
+def test_qabf_is_rotation_and_translation_invariant():
+    rotated = [np.rot90(x) for x in (F, A, B)]
+    assert gradient_based_quality_index(rotated[0], rotated[1:]) == pytest.approx(gradient_based_quality_index(F, [A, B]))
+    canvases = []
+    for offset in (3, 17):
+        group = []
+        for x in (F[:20, :20], A[:20, :20], B[:20, :20]):
+            canvas = np.zeros((50, 50), np.uint8)
+            canvas[offset : offset + 20, offset + 2 : offset + 22] = x
+            group.append(canvas)
+        canvases.append(gradient_based_quality_index(group[0], group[1:]))
+    assert canvases[0] == pytest.approx(canvases[1])
+
+
+def test_qabf_hand_example_single_edge():
+    # A vertical step edge in A; F keeps the edge at half contrast: G = 0.5 on the edge.
+    a = np.zeros((9, 9))
+    a[:, 5:] = 200
+    f = a / 2
+    g_a = 4 * 200  # Sobel response at the step (both columns next to it)
+    q_g = c["gamma_g"] / (1 + math.exp(c["k_g"] * (0.5 - c["d_g"])))
+    q_a = c["gamma_a"] / (1 + math.exp(c["k_a"] * (1 - c["d_a"])))
+    # Only edge pixels have weight; every one has G = 0.5 and equal orientation.
+    assert gradient_based_quality_index(f, [a, a]) == pytest.approx(q_g * q_a)
+    assert g_a > 0
+
+
+# ------------------------------------------------------------------ VIF, FMI
+
+
+def test_vif_agrees_with_sewar():
+    sewar = pytest.importorskip("sewar.full_ref")
+    a, b, f = (x.astype(float) for x in (A, B, F))
+    expected = sewar.vifp(a, f) + sewar.vifp(b, f)
+    assert visual_information_fidelity(f, [a, b]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_vif_identities():
+    assert visual_information_fidelity(A, [A, A]) == pytest.approx(2.0, abs=1e-6)
+    flat = np.full_like(A, 50)
+    assert visual_information_fidelity(flat, [flat, flat]) == 2.0
+    assert visual_information_fidelity(A, [flat, flat]) == 0.0
+    tiny = np.array([[1, 2], [3, 4]], np.uint8)
+    assert visual_information_fidelity(tiny, [tiny, tiny]) == 2.0
+    assert 0.0 <= visual_information_fidelity(F, [A, B]) < 2.0
+
+
+def _fmi_window_oracle(source_window: np.ndarray, fused_window: np.ndarray) -> float:
+    """One window of Haghighat's fmi.m, written out loop by loop with dense l x l matrices."""
+    if np.array_equal(source_window, fused_window):
+        return 1.0
+
+    def normalise(x):
+        return np.ones_like(x) if x.max() == x.min() else (x - x.min()) / (x.max() - x.min())
+
+    s = normalise(source_window).flatten(order="F")
+    f = normalise(fused_window).flatten(order="F")
+    ps, pf = s / s.sum(), f / f.sum()
+    cs, cf = np.cumsum(ps), np.cumsum(pf)
+    ts, tf = ps - ps.mean(), pf - pf.mean()
+    numerator = (ts * tf).sum()
+    corr = 0.0 if numerator == 0 else numerator / np.sqrt((ts * ts).sum() * (tf * tf).sum())
+    i = np.arange(1, len(ps) + 1)
+    sd_s = np.sqrt((i**2 * ps).sum() - ((i * ps).sum()) ** 2)
+    sd_f = np.sqrt((i**2 * pf).sum() - ((i * pf).sum()) ** 2)
+    rows = np.concatenate([[0], cf])[:, None]
+    cols = np.concatenate([[0], cs])[None, :]
+    bound = np.minimum(rows, cols) if corr >= 0 else np.maximum(rows + cols - 1, 0)
+    if (corr == 0 and corr >= 0) or sd_s == 0 or sd_f == 0:
+        kappa = 0.0
+    else:
+        kappa = corr / ((bound[1:, 1:] - cf[:, None] * cs[None, :]).sum() / (sd_f * sd_s))
+    joint = kappa * np.diff(np.diff(bound, axis=0), axis=1) + (1 - kappa) * pf[:, None] * ps[None, :]
+    nz = joint[joint != 0]
+    h_joint = np.sum(-nz * np.log2(np.abs(nz)))
+    h_s = -(ps[ps > 0] * np.log2(ps[ps > 0])).sum()
+    h_f = -(pf[pf > 0] * np.log2(pf[pf > 0])).sum()
+    mi = h_s + h_f - h_joint
+    return 0.0 if mi == 0 else 2 * mi / (h_s + h_f)
+
+
+@pytest.mark.parametrize("feature", ["pixel", "gradient", "dct"])
+def test_fmi_matches_the_loop_definition(feature):
+    from MedFusionLib.metrics.information import _fmi_feature
+
+    a, b, f = (x[:11, :13].astype(float) for x in (A, B, F))
+    f[2:6, 3:8] = a[2:6, 3:8]  # identical windows take the "1" branch
+    f[7:, :4] = 255 - b[7:, :4]  # negatively correlated windows take the lower bound
+    per_source = []
+    for s in (a, b):
+        fs, ff = _fmi_feature(s, feature), _fmi_feature(f, feature)
+        per_source.append(np.mean([_fmi_window_oracle(fs[r : r + 3, q : q + 3], ff[r : r + 3, q : q + 3])
+                                   for r in range(9) for q in range(11)]))
+    assert feature_mutual_information(f, [a, b], feature=feature) == pytest.approx(np.mean(per_source), abs=1e-12)
+
+
+def test_fmi_identities_and_errors():
+    assert feature_mutual_information(A, [A, A]) == 1.0
+    value = feature_mutual_information(F, [A, B])
+    assert 0.0 < value < 1.0
+    assert value == pytest.approx(feature_mutual_information(F, [B, A]))
+    with pytest.raises(ValueError, match="feature"):
+        feature_mutual_information(F, [A, B], feature="sift")
+    with pytest.raises(ValueError, match="window"):
+        feature_mutual_information(F, [A, B], window=0)
+
+
+# ------------------------------------------------------------------ every metric: edge cases
+
+
+EDGE_CASES = {
+    "constant": (np.full((16, 16), 7, np.uint8),) * 4,
+    "zeros": (np.zeros((16, 16)),) * 4,
+    "one pixel": (np.array([[3.0]]), np.array([[1.0]]), np.array([[5.0]]), np.array([[2.0]])),
+    "non-square": (phantom((9, 31), 3), phantom((9, 31), 4), phantom((9, 31), 5), phantom((9, 31), 6)),
+    "int16 CT": tuple((phantom((20, 24), s).astype(np.int16) * 12 - 1000) for s in range(4)),
+    "uint16": tuple(phantom((20, 24), s).astype(np.uint16) * 200 for s in range(4)),
+    "float32 unit": tuple((phantom((20, 24), s) / 255.0).astype(np.float32) for s in range(4)),
+    "RGB": tuple(np.stack([phantom((20, 24), s)] * 3, axis=-1) for s in range(4)),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_every_metric_gives_a_defined_value(case):
+    fused, a, b, target = EDGE_CASES[case]
+    before = [x.copy() for x in (fused, a, b, target)]
+    results = evaluate(fused, [a, b], target)
+    assert list(results) == list(METRICS)
+    for key, value in results.items():
+        assert isinstance(value, float), key
+        assert not math.isnan(value), (case, key)
+        if key not in ("PSNR", "REL"):  # the only metrics defined as inf (F = T, zero target)
+            assert math.isfinite(value), (case, key)
+    for original, after in zip(before, (fused, a, b, target)):
+        assert np.array_equal(original, after)  # inputs never modified
+
+
+def test_rgb_is_scored_on_luminance():
+    colour = np.stack([A, B, F], axis=-1)
+    luma = 0.299 * A + 0.587 * B + 0.114 * F
+    assert evaluate(colour, [A, B]) == pytest.approx(evaluate(luma, [A, B], data_range=(0, 255)))
+
+
+def test_evaluate_matches_the_individual_functions():
+    unit = [x / 255.0 for x in (F, A, B, T)]
+    results = evaluate(unit[0], unit[1:3], unit[3])
+    assert results["QABF"] == pytest.approx(gradient_based_quality_index(F, [A, B]))
+    assert results["SSIM"] == pytest.approx(structural_similarity(F, T))
+    assert results["EN"] == pytest.approx(entropy(F))
+    assert results["PSNR"] == pytest.approx(peak_signal_to_noise_ratio(F, T))
+    no_target = evaluate(F, [A, B])
+    assert set(no_target) == set(metric_names("fused") + metric_names("sources"))
+    three = evaluate(F, [A, B, T], metrics=["MI", "QABF"])
+    assert list(three) == ["MI", "QABF"]
+    assert three["MI"] == pytest.approx(fusion_mutual_information(F, [A, B, T]))
+
+
+def test_metrics_table_and_csv(tmp_path):
+    rows = metrics_table({"avg": {"QABF": 0.5, "EN": 7.0, "time_s": 0.01}, "max": {"EN": 6.0}})
+    assert list(rows[0]) == ["image", "EN", "QABF", "time_s"]
+    assert math.isnan(rows[1]["QABF"])
+    path = tmp_path / "metrics.csv"
+    text = table_to_csv(rows, path)
+    assert path.read_text() == text
+    assert text.splitlines()[0] == "image,EN,QABF,time_s"
+    assert text.splitlines()[1] == "avg,7,0.5,0.01"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
+    assert format_table(rows).splitlines()[0].split() == ["image", "EN", "QABF", "time_s"]
+
+
+def test_registry_is_complete_and_documented():
+    expected = {"EN", "MEAN", "STD", "SF", "GRAD", "EOG", "MI", "FMI", "Q0", "QW", "QE", "QABF",
+                "SSIM_S", "VIF", "RMSE", "PSNR", "SSIM", "REL", "CE", "H"}
+    assert set(METRICS) == expected
+    for info in METRICS.values():
+        assert info.function.__doc__ and "Range" in info.function.__doc__, info.key
+        assert info.family in ("fused", "sources", "target")
