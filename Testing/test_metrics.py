@@ -388,9 +388,15 @@ def _fmi_window_oracle(source_window: np.ndarray, fused_window: np.ndarray) -> f
     return 0.0 if mi == 0 else 2 * mi / (h_s + h_f)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("feature", ["pixel", "gradient", "dct"])
-def test_fmi_matches_the_loop_definition(feature):
-    from MedFusionLib.metrics.information import _fmi_feature
+def test_fmi_matches_the_loop_definition(feature, backend):
+    from MedFusionLib.metrics import ScoredGroup
+    from MedFusionLib.metrics.fmi import _feature_mutual_information, fmi_backend
+
+    if backend == "numba" and fmi_backend() != "numba":
+        pytest.skip("numba is not installed")
+    from MedFusionLib.metrics.fmi import _fmi_feature
 
     a, b, f = (x[:11, :13].astype(float) for x in (A, B, F))
     f[2:6, 3:8] = a[2:6, 3:8]  # identical windows take the "1" branch
@@ -400,7 +406,9 @@ def test_fmi_matches_the_loop_definition(feature):
         fs, ff = _fmi_feature(s, feature), _fmi_feature(f, feature)
         per_source.append(np.mean([_fmi_window_oracle(fs[r : r + 3, q : q + 3], ff[r : r + 3, q : q + 3])
                                    for r in range(9) for q in range(11)]))
-    assert feature_mutual_information(f, [a, b], feature=feature) == pytest.approx(np.mean(per_source), abs=1e-12)
+    group = ScoredGroup.from_inputs(f, [a, b], data_range=(0, 255))
+    value = _feature_mutual_information(group, feature, 3, backend=backend)
+    assert value == pytest.approx(np.mean(per_source), abs=1e-12)
 
 
 def test_fmi_identities_and_errors():

@@ -21,6 +21,7 @@ into the tidy table the CLI, the experiments and the Slicer module share.
 """
 
 from ._common import SCORE_MAX, to_score_scale
+from ._group import ScoredGroup
 from .evaluate import (
     HIGHER,
     LOWER,
@@ -33,11 +34,11 @@ from .evaluate import (
     metrics_table,
     table_to_csv,
 )
+from .fmi import feature_mutual_information, fmi_backend
 from .information import (
     conditional_entropy,
     cross_entropy,
     entropy,
-    feature_mutual_information,
     fusion_mutual_information,
     mutual_information,
 )
@@ -64,9 +65,9 @@ from .structural import (
 )
 
 __all__ = [
-    "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX",
+    "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX", "ScoredGroup",
     "average_gradient", "conditional_entropy", "cross_entropy", "edge_dependent_quality_index",
-    "energy_of_gradient", "entropy", "evaluate", "feature_mutual_information", "format_table",
+    "energy_of_gradient", "entropy", "evaluate", "feature_mutual_information", "fmi_backend", "format_table",
     "fusion_mutual_information", "gradient_based_quality_index", "mean_intensity", "metric_names",
     "metrics_table", "mutual_information", "peak_signal_to_noise_ratio", "relative_error",
     "root_mean_squared_error", "spatial_frequency", "ssim_to_sources", "standard_deviation",

@@ -15,13 +15,16 @@ Colour images ``(H, W, 3|4)`` are scored on their BT.601 luminance.  Metrics are
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
 from ..validation import as_grey_image, source_name
+
+#: Optional ``(lo, hi)`` intensity range that maps onto [0, 255].
+DataRange = Optional[Tuple[float, float]]
 
 #: Top of the scale every metric is computed on.
 SCORE_MAX = 255.0
@@ -70,32 +73,6 @@ def to_score_scale(
     return [(a - lo) * scale for a in arrays]
 
 
-def prepare_fused_and_sources(
-    fused: object,
-    sources: Sequence[object],
-    data_range: tuple[float, float] | None,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Validate ``fused`` and at least two ``sources`` and put them on the scoring scale."""
-    if isinstance(sources, np.ndarray) or not isinstance(sources, Sequence):
-        raise InputError("sources: expected a list or tuple of source images")
-    if len(sources) < 2:
-        raise InputError(f"sources: at least 2 source images are needed, got {len(sources)}")
-    names = ["fused image"] + [source_name(i) for i in range(len(sources))]
-    scaled = to_score_scale([fused, *sources], names, data_range)
-    return scaled[0], scaled[1:]
-
-
-def prepare_pair(
-    first: object,
-    second: object,
-    names: tuple[str, str],
-    data_range: tuple[float, float] | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validate two images (e.g. fused and target) and put them on the scoring scale."""
-    a, b = to_score_scale([first, second], names, data_range)
-    return a, b
-
-
 def prepare_single(image: object, data_range: tuple[float, float] | None) -> np.ndarray:
     """Validate one image and put it on the scoring scale."""
     return to_score_scale([image], ["image"], data_range)[0]
@@ -140,43 +117,6 @@ def valid_window_mean(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = slice(shape[0] // 2, shape[0] // 2 + image.shape[0] - shape[0] + 1)
     cols = slice(shape[1] // 2, shape[1] // 2 + image.shape[1] - shape[1] + 1)
     return means[rows, cols]
-
-
-def window_statistics(
-    x: np.ndarray, y: np.ndarray, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-window means, population variances and covariance of ``x`` and ``y`` (valid windows).
-
-    Variances under :data:`VARIANCE_FLOOR` are set to exactly 0 so constant windows
-    take the defined branches of the indices instead of dividing round-off by round-off.
-    """
-    mean_x = valid_window_mean(x, shape)
-    mean_y = valid_window_mean(y, shape)
-    var_x = valid_window_mean(x * x, shape) - mean_x**2
-    var_y = valid_window_mean(y * y, shape) - mean_y**2
-    cov = valid_window_mean(x * y, shape) - mean_x * mean_y
-    var_x[var_x < VARIANCE_FLOOR] = 0.0
-    var_y[var_y < VARIANCE_FLOOR] = 0.0
-    return mean_x, mean_y, var_x, var_y, cov
-
-
-def window_variance(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Population variance of ``x`` over every valid window (floored like :func:`window_statistics`)."""
-    mean = valid_window_mean(x, shape)
-    var = valid_window_mean(x * x, shape) - mean**2
-    var[var < VARIANCE_FLOOR] = 0.0
-    return var
-
-
-def sobel_gradients(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontal and vertical 3x3 Sobel responses; borders replicate the edge pixel.
-
-    Replicating (not zero-padding, as MATLAB's ``conv2(..., 'same')`` does) keeps a
-    constant image free of artificial border edges.
-    """
-    gx = ndimage.sobel(image, axis=1, mode="nearest")
-    gy = ndimage.sobel(image, axis=0, mode="nearest")
-    return gx, gy
 
 
 def forward_differences(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

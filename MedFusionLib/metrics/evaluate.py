@@ -9,37 +9,15 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from ..errors import InputError
-from ..validation import source_name
-from ._common import SCORE_MAX, to_score_scale
-from .information import (
-    conditional_entropy,
-    cross_entropy,
-    entropy,
-    feature_mutual_information,
-    fusion_mutual_information,
-)
-from .reference import (
-    peak_signal_to_noise_ratio,
-    relative_error,
-    root_mean_squared_error,
-    structural_similarity,
-)
-from .statistics import (
-    average_gradient,
-    energy_of_gradient,
-    mean_intensity,
-    spatial_frequency,
-    standard_deviation,
-)
-from .structural import (
-    edge_dependent_quality_index,
-    gradient_based_quality_index,
-    ssim_to_sources,
-    universal_quality_index,
-    visual_information_fidelity,
-    weighted_quality_index,
-)
+from ._group import ScoredGroup
+from . import fmi as fmi_
+from . import information as info_
+from . import reference as ref_
+from . import statistics as stat_
+from . import structural as struct_
 
 HIGHER = "higher is better"
 LOWER = "lower is better"
@@ -51,7 +29,9 @@ class MetricInfo:
     """What a metric is: how it is called, what it needs, which way is better, where it comes from.
 
     ``family`` is ``"fused"`` (the fused image alone), ``"sources"`` (fused against
-    the sources) or ``"target"`` (fused against a target image).
+    the sources) or ``"target"`` (fused against a target image). ``function`` is the
+    public function; ``compute`` the same metric on a :class:`ScoredGroup`, which
+    :func:`evaluate` uses to share intermediate results between metrics.
     """
 
     key: str
@@ -59,54 +39,64 @@ class MetricInfo:
     family: str
     direction: str
     function: Callable[..., float]
+    compute: Callable[[ScoredGroup], float]
     definition: str
     reference: str
+
+
+def _on_fused(core: Callable[[np.ndarray], float]) -> Callable[[ScoredGroup], float]:
+    return lambda group: core(group.fused)
 
 
 METRICS: dict[str, MetricInfo] = {
     m.key: m
     for m in [
-        MetricInfo("EN", "EN", "fused", HIGHER, entropy,
+        MetricInfo("EN", "EN", "fused", HIGHER, info_.entropy, _on_fused(info_._entropy),
                    "Shannon entropy of the 256-bin histogram, bits", "Roberts et al. 2008"),
-        MetricInfo("MEAN", "MEAN", "fused", NEUTRAL, mean_intensity,
+        MetricInfo("MEAN", "MEAN", "fused", NEUTRAL, stat_.mean_intensity, _on_fused(stat_._mean_intensity),
                    "mean grey level (0-255)", "-"),
-        MetricInfo("STD", "STD", "fused", HIGHER, standard_deviation,
+        MetricInfo("STD", "STD", "fused", HIGHER, stat_.standard_deviation, _on_fused(stat_._standard_deviation),
                    "population standard deviation (0-255)", "-"),
-        MetricInfo("SF", "SF", "fused", HIGHER, spatial_frequency,
+        MetricInfo("SF", "SF", "fused", HIGHER, stat_.spatial_frequency, _on_fused(stat_._spatial_frequency),
                    "sqrt(RF^2 + CF^2), mean squared neighbour differences", "Eskicioglu & Fisher 1995"),
-        MetricInfo("GRAD", "GRAD (AG)", "fused", HIGHER, average_gradient,
+        MetricInfo("GRAD", "GRAD (AG)", "fused", HIGHER, stat_.average_gradient, _on_fused(stat_._average_gradient),
                    "mean of sqrt((dx^2 + dy^2) / 2), forward differences", "Cui et al. 2015"),
-        MetricInfo("EOG", "EOG", "fused", HIGHER, energy_of_gradient,
+        MetricInfo("EOG", "EOG", "fused", HIGHER, stat_.energy_of_gradient, _on_fused(stat_._energy_of_gradient),
                    "mean of dx^2 + dy^2, forward differences", "Subbarao et al. 1993"),
-        MetricInfo("MI", "MI", "sources", HIGHER, fusion_mutual_information,
+        MetricInfo("MI", "MI", "sources", HIGHER, info_.fusion_mutual_information,
+                   info_._fusion_mutual_information,
                    "sum_k I(S_k; F), 256x256 joint histogram, nats", "Qu et al. 2002"),
-        MetricInfo("FMI", "FMI", "sources", HIGHER, feature_mutual_information,
+        MetricInfo("FMI", "FMI", "sources", HIGHER, fmi_.feature_mutual_information,
+                   fmi_._feature_mutual_information,
                    "fast feature MI on 3x3 windows of gradient features, mean over sources",
                    "Haghighat et al. 2011; Haghighat & Razian 2014"),
-        MetricInfo("Q0", "Q0", "sources", HIGHER, universal_quality_index,
+        MetricInfo("Q0", "Q0", "sources", HIGHER, struct_.universal_quality_index, struct_._universal_quality,
                    "universal image quality index, 8x8 sliding windows, mean over sources",
                    "Wang & Bovik 2002"),
-        MetricInfo("QW", "QW", "sources", HIGHER, weighted_quality_index,
+        MetricInfo("QW", "QW", "sources", HIGHER, struct_.weighted_quality_index, struct_._weighted_quality,
                    "saliency-weighted Q over 8x8 windows", "Piella & Heijmans 2003"),
-        MetricInfo("QE", "QE", "sources", HIGHER, edge_dependent_quality_index,
+        MetricInfo("QE", "QE", "sources", HIGHER, struct_.edge_dependent_quality_index,
+                   struct_._edge_dependent_quality,
                    "QW of Sobel edge images (alpha = 1)", "Piella & Heijmans 2003"),
-        MetricInfo("QABF", "Q^AB/F", "sources", HIGHER, gradient_based_quality_index,
+        MetricInfo("QABF", "Q^AB/F", "sources", HIGHER, struct_.gradient_based_quality_index,
+                   struct_._gradient_based_quality,
                    "Sobel edge strength and orientation preservation", "Xydeas & Petrovic 2000"),
-        MetricInfo("SSIM_S", "SSIM(S,F)", "sources", HIGHER, ssim_to_sources,
+        MetricInfo("SSIM_S", "SSIM(S,F)", "sources", HIGHER, struct_.ssim_to_sources, struct_._ssim_to_sources,
                    "sum_k SSIM(S_k, F), 11x11 Gaussian sigma 1.5", "Wang et al. 2004"),
-        MetricInfo("VIF", "VIF", "sources", HIGHER, visual_information_fidelity,
+        MetricInfo("VIF", "VIF", "sources", HIGHER, struct_.visual_information_fidelity,
+                   struct_._visual_information_fidelity,
                    "sum_k pixel-domain VIF(S_k, F), 4 scales", "Sheikh & Bovik 2006"),
-        MetricInfo("RMSE", "RMSE", "target", LOWER, root_mean_squared_error,
+        MetricInfo("RMSE", "RMSE", "target", LOWER, ref_.root_mean_squared_error, ref_._root_mean_squared_error,
                    "sqrt(mean (F - T)^2) (0-255)", "-"),
-        MetricInfo("PSNR", "PSNR", "target", HIGHER, peak_signal_to_noise_ratio,
-                   "10 log10(255^2 / MSE), dB", "-"),
-        MetricInfo("SSIM", "SSIM", "target", HIGHER, structural_similarity,
+        MetricInfo("PSNR", "PSNR", "target", HIGHER, ref_.peak_signal_to_noise_ratio,
+                   ref_._peak_signal_to_noise_ratio, "10 log10(255^2 / MSE), dB", "-"),
+        MetricInfo("SSIM", "SSIM", "target", HIGHER, ref_.structural_similarity, ref_._structural_similarity,
                    "SSIM(T, F), 11x11 Gaussian sigma 1.5", "Wang et al. 2004"),
-        MetricInfo("REL", "REL", "target", LOWER, relative_error,
+        MetricInfo("REL", "REL", "target", LOWER, ref_.relative_error, ref_._relative_error,
                    "||F - T||_2 / ||T||_2", "relative L2 error"),
-        MetricInfo("CE", "CE (Entropy)", "target", LOWER, cross_entropy,
+        MetricInfo("CE", "CE (Entropy)", "target", LOWER, info_.cross_entropy, info_._cross_entropy,
                    "sum p_T log2(p_T / p_F), add-one smoothed histograms", "Bulanon et al. 2009"),
-        MetricInfo("H", "H", "target", LOWER, conditional_entropy,
+        MetricInfo("H", "H", "target", LOWER, info_.conditional_entropy, info_._conditional_entropy,
                    "conditional entropy H(T | F), bits", "Cover & Thomas 2006"),
     ]
 }
@@ -137,10 +127,6 @@ def evaluate(
     :param metrics: keys to compute (see :data:`METRICS`); default every metric the inputs allow.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
-        raise InputError("sources: expected a list or tuple of source images")
-    if len(sources) < 2:
-        raise InputError(f"sources: at least 2 source images are needed, got {len(sources)}")
     if metrics is None:
         keys = [k for k in METRICS if target is not None or METRICS[k].family != "target"]
     else:
@@ -152,25 +138,8 @@ def evaluate(
             raise InputError(
                 f"metrics: {[k for k in keys if METRICS[k].family == 'target']} need a target image"
             )
-    names = ["fused image"] + [source_name(i) for i in range(len(sources))]
-    images = [fused, *sources]
-    if target is not None:
-        names.append("target image")
-        images.append(target)
-    scaled = to_score_scale(images, names, data_range)
-    f, srcs = scaled[0], scaled[1 : 1 + len(sources)]
-    t = scaled[-1] if target is not None else None
-    identity = (0.0, SCORE_MAX)  # already on the scale: map it onto itself
-    results: dict[str, float] = {}
-    for key in (k for k in METRICS if k in keys):
-        info = METRICS[key]
-        if info.family == "fused":
-            results[key] = info.function(f, data_range=identity)
-        elif info.family == "sources":
-            results[key] = info.function(f, srcs, data_range=identity)
-        else:
-            results[key] = info.function(f, t, data_range=identity)
-    return results
+    group = ScoredGroup.from_inputs(fused, sources, target, data_range)
+    return {key: METRICS[key].compute(group) for key in METRICS if key in keys}
 
 
 def metrics_table(

@@ -9,14 +9,40 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import mean_squared_error
 
-from ._common import SCORE_MAX, prepare_pair
-from .structural import ssim_scaled
+from ._common import SCORE_MAX, DataRange
+from ._group import ScoredGroup
+from .structural import ssim_between
 
-_NAMES = ("fused image", "target image")
+
+def _target_group(fused: object, target: object, data_range: DataRange) -> ScoredGroup:
+    return ScoredGroup.from_inputs(fused, target=target, data_range=data_range)
+
+
+def _root_mean_squared_error(group: ScoredGroup) -> float:
+    return float(np.sqrt(mean_squared_error(group.image("T"), group.fused)))
+
+
+def _peak_signal_to_noise_ratio(group: ScoredGroup) -> float:
+    mse = mean_squared_error(group.image("T"), group.fused)
+    if mse == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(SCORE_MAX**2 / mse))
+
+
+def _structural_similarity(group: ScoredGroup) -> float:
+    return ssim_between(group, "T", "F")
+
+
+def _relative_error(group: ScoredGroup) -> float:
+    error = float(np.linalg.norm(group.fused - group.image("T")))
+    norm = float(np.linalg.norm(group.image("T")))
+    if norm == 0.0:
+        return 0.0 if error == 0.0 else float("inf")
+    return error / norm
 
 
 def root_mean_squared_error(
-    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+    fused: object, target: object, *, data_range: DataRange = None
 ) -> float:
     """RMSE: ``sqrt((1/MN) sum (F - T)^2)`` on the 0-255 scale. Lower is better. Range [0, 255].
 
@@ -24,12 +50,11 @@ def root_mean_squared_error(
     :param target: the target image, same shape.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    f, t = prepare_pair(fused, target, _NAMES, data_range)
-    return float(np.sqrt(mean_squared_error(t, f)))
+    return _root_mean_squared_error(_target_group(fused, target, data_range))
 
 
 def peak_signal_to_noise_ratio(
-    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+    fused: object, target: object, *, data_range: DataRange = None
 ) -> float:
     """PSNR: ``10 log10(255^2 / MSE)`` in dB; ``inf`` when F equals T exactly.
 
@@ -40,19 +65,15 @@ def peak_signal_to_noise_ratio(
     :param target: the target image, same shape.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    f, t = prepare_pair(fused, target, _NAMES, data_range)
-    mse = mean_squared_error(t, f)
-    if mse == 0.0:
-        return float("inf")
-    return float(10.0 * np.log10(SCORE_MAX**2 / mse))
+    return _peak_signal_to_noise_ratio(_target_group(fused, target, data_range))
 
 
 def structural_similarity(
-    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+    fused: object, target: object, *, data_range: DataRange = None
 ) -> float:
     """SSIM of the fused image against the target (Wang et al., IEEE TIP 13(4), 2004).
 
-    ``skimage.metrics.structural_similarity`` with the paper's settings: 11x11
+    ``skimage.metrics.structural_similarity``'s computation with the paper's settings: 11x11
     Gaussian window, sigma = 1.5, K = (0.01, 0.03), L = 255, population statistics.
     Images smaller than the window use one global window. Higher is better.
     Range [-1, 1], 1 when F = T.
@@ -61,12 +82,11 @@ def structural_similarity(
     :param target: the target image, same shape.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    f, t = prepare_pair(fused, target, _NAMES, data_range)
-    return ssim_scaled(t, f)
+    return _structural_similarity(_target_group(fused, target, data_range))
 
 
 def relative_error(
-    fused: object, target: object, *, data_range: tuple[float, float] | None = None
+    fused: object, target: object, *, data_range: DataRange = None
 ) -> float:
     """REL: relative error ``||F - T||_2 / ||T||_2`` (Frobenius norms on the 0-255 scale).
 
@@ -79,9 +99,4 @@ def relative_error(
     :param target: the target image, same shape.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    f, t = prepare_pair(fused, target, _NAMES, data_range)
-    error = float(np.linalg.norm(f - t))
-    norm = float(np.linalg.norm(t))
-    if norm == 0.0:
-        return 0.0 if error == 0.0 else float("inf")
-    return error / norm
+    return _relative_error(_target_group(fused, target, data_range))

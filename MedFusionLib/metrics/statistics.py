@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import forward_differences, prepare_single
+from ._common import DataRange, forward_differences, prepare_single
 
 
-def mean_intensity(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+def mean_intensity(image: object, *, data_range: DataRange = None) -> float:
     """MEAN: the mean grey level, ``(1/MN) sum F(i, j)``.
 
     Direction: neither (describes brightness). Range [0, 255].
@@ -19,10 +19,14 @@ def mean_intensity(image: object, *, data_range: tuple[float, float] | None = No
     :param image: 2D grey or RGB image.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    return float(prepare_single(image, data_range).mean())
+    return _mean_intensity(prepare_single(image, data_range))
 
 
-def standard_deviation(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+def _mean_intensity(f: np.ndarray) -> float:
+    return float(f.mean())
+
+
+def standard_deviation(image: object, *, data_range: DataRange = None) -> float:
     """STD: population standard deviation ``sqrt((1/MN) sum (F - mean F)^2)`` (ddof = 0).
 
     Higher means more contrast. Range [0, 127.5].
@@ -30,10 +34,14 @@ def standard_deviation(image: object, *, data_range: tuple[float, float] | None 
     :param image: 2D grey or RGB image.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    return float(prepare_single(image, data_range).std())
+    return _standard_deviation(prepare_single(image, data_range))
 
 
-def spatial_frequency(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+def _standard_deviation(f: np.ndarray) -> float:
+    return float(f.std())
+
+
+def spatial_frequency(image: object, *, data_range: DataRange = None) -> float:
     """SF: spatial frequency ``sqrt(RF^2 + CF^2)``.
 
     ``RF^2`` is the mean of ``(F(i, j) - F(i, j-1))^2`` over all horizontal
@@ -46,7 +54,10 @@ def spatial_frequency(image: object, *, data_range: tuple[float, float] | None =
     :param image: 2D grey or RGB image.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    f = prepare_single(image, data_range)
+    return _spatial_frequency(prepare_single(image, data_range))
+
+
+def _spatial_frequency(f: np.ndarray) -> float:
     row_diff = np.diff(f, axis=1)
     col_diff = np.diff(f, axis=0)
     rf2 = float(np.mean(row_diff**2)) if row_diff.size else 0.0
@@ -54,7 +65,7 @@ def spatial_frequency(image: object, *, data_range: tuple[float, float] | None =
     return float(np.sqrt(rf2 + cf2))
 
 
-def average_gradient(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+def average_gradient(image: object, *, data_range: DataRange = None) -> float:
     """GRAD (AG): average gradient ``(1/((M-1)(N-1))) sum sqrt((dx^2 + dy^2) / 2)``.
 
     ``dx``, ``dy`` are forward differences on the common ``(M-1) x (N-1)`` grid
@@ -64,13 +75,17 @@ def average_gradient(image: object, *, data_range: tuple[float, float] | None = 
     :param image: 2D grey or RGB image.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    dx, dy = forward_differences(prepare_single(image, data_range))
+    return _average_gradient(prepare_single(image, data_range))
+
+
+def _average_gradient(f: np.ndarray) -> float:
+    dx, dy = forward_differences(f)
     if dx.size == 0:
         return 0.0
     return float(np.mean(np.sqrt((dx**2 + dy**2) / 2.0)))
 
 
-def energy_of_gradient(image: object, *, data_range: tuple[float, float] | None = None) -> float:
+def energy_of_gradient(image: object, *, data_range: DataRange = None) -> float:
     """EOG: energy of gradient, the mean of ``dx^2 + dy^2`` over the ``(M-1) x (N-1)`` grid.
 
     The classical focus measure sums ``dx^2 + dy^2`` (Subbarao et al., Opt. Eng.
@@ -81,7 +96,11 @@ def energy_of_gradient(image: object, *, data_range: tuple[float, float] | None 
     :param image: 2D grey or RGB image.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
-    dx, dy = forward_differences(prepare_single(image, data_range))
+    return _energy_of_gradient(prepare_single(image, data_range))
+
+
+def _energy_of_gradient(f: np.ndarray) -> float:
+    dx, dy = forward_differences(f)
     if dx.size == 0:
         return 0.0
     return float(np.mean(dx**2 + dy**2))

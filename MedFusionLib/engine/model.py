@@ -1,0 +1,229 @@
+"""A trained fusion model: network + metadata, with ``fit``, ``fuse``, ``save`` and ``load``.
+
+Model files are written by ``torch.save`` and read only with
+``torch.load(..., weights_only=True)``: a file holds plain tensors, numbers and
+strings, so loading one can never run code hidden in it (a pickle that tries to is
+refused by torch before anything executes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import InputError
+from .blocks import default_stride, fuse_blockwise, validate_block_size, validate_stride
+from .devices import inference_context, resolve_device
+from .networks import NETWORKS, BlockDBMNet, PyramidWeightCNN
+
+#: Format tag and version of model files; bump the version when the layout changes.
+MODEL_FORMAT = "medfusion-model"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """What a model is and how it was made (saved beside the weights).
+
+    :param family: ``"cnn"`` or ``"dbm"``.
+    :param config: the network's constructor arguments.
+    :param block_size: n, the block (training patch) size.
+    :param modalities: what each input is expected to be, e.g. ``["CT", "MRI"]`` (informative).
+    :param training: the recipe: command, data, seed, iterations, loss, ... (informative).
+    """
+
+    family: str
+    config: dict[str, Any]
+    block_size: int
+    modalities: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = MODEL_FORMAT_VERSION
+    medfusion_version: str = __version__
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.config["n_inputs"])
+
+
+class FusionModel:
+    """A fusion network with its metadata.
+
+    Inputs are K co-registered 2D images with intensities already standardised to
+    [0, 1] (see :mod:`MedFusionLib.fusion` for the user-facing API that does that).
+
+    :param network: a :class:`PyramidWeightCNN` or :class:`BlockDBMNet`.
+    :param info: its metadata.
+    """
+
+    def __init__(self, network: torch.nn.Module, info: ModelInfo) -> None:
+        self.network = network
+        self.info = info
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, family: str = "cnn", n_inputs: int = 2, block_size: int = 64, **config: Any) -> "FusionModel":
+        """A new, untrained model.
+
+        :param family: ``"cnn"`` (multi-scale weight CNN) or ``"dbm"`` (RBM-initialised block network).
+        :param n_inputs: K, the number of inputs fused together.
+        :param block_size: n, the training block size (the DBM's fixed block size).
+        :param config: further network arguments (``levels``, ``width``, ``hidden`` for the CNN;
+            ``layer_sizes`` for the DBM).
+        """
+        if family not in NETWORKS:
+            raise InputError(f"family: expected one of {sorted(NETWORKS)}, got {family!r}")
+        if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 2:
+            raise InputError(f"n_inputs: expected an integer >= 2, got {n_inputs!r}")
+        block_size = validate_block_size(block_size)
+        if family == "dbm":
+            network = BlockDBMNet(n_inputs=n_inputs, block_size=block_size, **config)
+        else:
+            network = PyramidWeightCNN(n_inputs=n_inputs, **config)
+        return cls(network, ModelInfo(family=family, config=network.config(), block_size=block_size))
+
+    @property
+    def family(self) -> str:
+        return self.info.family
+
+    @property
+    def n_inputs(self) -> int:
+        return self.info.n_inputs
+
+    @property
+    def block_size(self) -> int:
+        return self.info.block_size
+
+    def __repr__(self) -> str:
+        return f"FusionModel(family={self.family!r}, n_inputs={self.n_inputs}, block_size={self.block_size})"
+
+    # ------------------------------------------------------------------ fusion
+
+    def fuse_tensor(
+        self,
+        inputs: torch.Tensor,
+        block_size: int | None = None,
+        stride: int | None = None,
+        batch_blocks: int | None = 4096,
+    ) -> torch.Tensor:
+        """Fuse a batch ``(B, K, H, W)`` on the tensor's device; returns ``(B, 1, H, W)``.
+
+        The CNN is fully convolutional: with ``block_size=None`` it fuses each image in
+        one pass; with a block size it fuses overlapping n x n blocks and averages them
+        (:func:`~MedFusionLib.engine.blocks.fuse_blockwise`) -- not the same numbers,
+        since each block then sees only its own context, which is what the block-size
+        study measures. The DBM always works on blocks of its own size.
+
+        :param inputs: standardised inputs, ``(B, K, H, W)``.
+        :param block_size: None (CNN: whole image) or n = 2^i.
+        :param stride: block step (default n / 2).
+        :param batch_blocks: blocks per forward pass in block mode (bounds memory).
+        """
+        if inputs.ndim != 4 or inputs.shape[1] != self.n_inputs:
+            raise InputError(
+                f"inputs: this model fuses {self.n_inputs} images, got {inputs.shape[1] if inputs.ndim == 4 else '?'}"
+            )
+        if self.family == "dbm":
+            if block_size not in (None, self.block_size):
+                raise InputError(
+                    f"block_size: this DBM model was trained on {self.block_size}x{self.block_size} blocks, "
+                    f"got {block_size}; train a model for that block size"
+                )
+            block_size = self.block_size
+        if block_size is None:
+            return self.network(inputs)
+        block_size = validate_block_size(block_size, tuple(inputs.shape[-2:]))
+        stride = validate_stride(stride if stride is not None else default_stride(block_size), block_size)
+        return fuse_blockwise(inputs, self.network, block_size, stride, batch_blocks=batch_blocks)
+
+    def fuse(
+        self,
+        images: Sequence[np.ndarray],
+        block_size: int | None = None,
+        stride: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> np.ndarray:
+        """Fuse K standardised 2D images (``float`` in [0, 1], same shape) into one ``float32`` image.
+
+        :param images: the K inputs.
+        :param block_size: see :meth:`fuse_tensor`.
+        :param stride: see :meth:`fuse_tensor`.
+        :param device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        """
+        stack = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+        target_device = resolve_device(device)
+        self.network.to(target_device)
+        with inference_context():
+            out = self.fuse_tensor(torch.from_numpy(stack)[None].to(target_device), block_size, stride)
+        return out[0, 0].float().cpu().numpy()
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, dataset: Any, config: Any = None, progress: Any = None, cancel: Any = None) -> Any:
+        """Train on a :class:`~MedFusionLib.engine.training.TripletDataset` (see :func:`.training.train`)."""
+        from .training import train
+
+        return train(self, dataset, config, progress=progress, cancel=cancel)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write the model atomically (temporary file in the same folder, then rename).
+
+        :param path: destination, conventionally ``*.pt``.
+        :param overwrite: replace an existing file.
+        """
+        from ..io import atomic_output
+
+        payload = {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "info": json.dumps(asdict(self.info)),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
+        }
+        path = Path(path)
+        with atomic_output(path, overwrite=overwrite) as temporary:
+            torch.save(payload, temporary)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = "cpu") -> "FusionModel":
+        """Read a model file written by :meth:`save`; refuses anything else with a clear message.
+
+        :param path: the ``.pt`` file.
+        :param device: where to put the weights.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"model {path}: no such file")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(
+                f"model {path}: not a readable MedFusion model file ({first_line[:200]})"
+            ) from None
+        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+            raise InputError(f"model {path}: not a MedFusion model file (no '{MODEL_FORMAT}' tag)")
+        version = payload.get("format_version")
+        if version != MODEL_FORMAT_VERSION:
+            raise InputError(
+                f"model {path}: format version {version!r}, this MedFusion reads version {MODEL_FORMAT_VERSION}"
+            )
+        try:
+            info = ModelInfo(**json.loads(payload["info"]))
+            network = (BlockDBMNet if info.family == "dbm" else PyramidWeightCNN)(**info.config)
+            if info.family not in NETWORKS:
+                raise ValueError(f"unknown model family {info.family!r}")
+            network.load_state_dict(payload["state_dict"])
+        except Exception as error:
+            raise InputError(f"model {path}: inconsistent model file ({error})") from None
+        network.to(resolve_device(device)).eval()
+        return cls(network, info)

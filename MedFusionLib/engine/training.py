@@ -1,0 +1,303 @@
+"""Supervised training on triplets (K registered inputs, target fused image), as both papers do.
+
+Random n x n blocks (n = the model's block size) are cut from the training triplets,
+flipped and rotated at random (fusion does not care about orientation), and the
+network is fitted to the target blocks with Adam on MSE plus an optional gradient
+term. A fixed set of validation blocks from held-out triplets drives early stopping;
+the loss of every iteration is recorded for the convergence study. Everything is
+seeded: the same data, config and seed give the same weights on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .devices import resolve_device
+from .rbm import TrainingCancelled, pretrain_stack
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class Triplet:
+    """K registered inputs and the target fused image, all 2D ``float32`` in [0, 1], one shape.
+
+    :param inputs: the K input images.
+    :param target: the target (ideal) fused image.
+    :param name: where it came from, for messages and reports.
+    """
+
+    inputs: list[np.ndarray]
+    target: np.ndarray
+    name: str = ""
+
+
+class TripletDataset:
+    """A list of :class:`Triplet`, checked once: same K everywhere, shapes agree, values finite.
+
+    :param triplets: the training (or validation) triplets.
+    """
+
+    def __init__(self, triplets: Sequence[Triplet]) -> None:
+        triplets = list(triplets)
+        if not triplets:
+            raise InputError("dataset: no triplets")
+        k = len(triplets[0].inputs)
+        for index, triplet in enumerate(triplets):
+            label = triplet.name or f"triplet {index}"
+            if len(triplet.inputs) != k or k < 2:
+                raise InputError(f"{label}: has {len(triplet.inputs)} inputs, expected {max(k, 2)} like the first")
+            for array in (*triplet.inputs, triplet.target):
+                if array.ndim != 2 or array.shape != triplet.target.shape:
+                    raise InputError(f"{label}: inputs and target must be 2D images of one shape")
+                if not np.all(np.isfinite(array)):
+                    raise InputError(f"{label}: contains NaN or infinite values")
+        self.triplets = triplets
+        self.n_inputs = k
+        # One (N, K+1, H, W)-free representation: a list of (K+1, H, W) float32 stacks.
+        self._stacks = [
+            np.ascontiguousarray(np.stack([*t.inputs, t.target]).astype(np.float32, copy=False)) for t in triplets
+        ]
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def min_side(self) -> int:
+        return min(min(s.shape[-2:]) for s in self._stacks)
+
+    def split(self, validation_fraction: float, seed: int) -> tuple["TripletDataset", "TripletDataset | None"]:
+        """Split whole triplets (never blocks of one image across both sides) into train and validation."""
+        if len(self) < 2 or validation_fraction <= 0:
+            return self, None
+        order = np.random.default_rng(seed).permutation(len(self))
+        n_val = min(len(self) - 1, max(1, round(validation_fraction * len(self))))
+        pick = lambda idx: TripletDataset([self.triplets[i] for i in sorted(idx)])  # noqa: E731
+        return pick(order[n_val:]), pick(order[:n_val])
+
+    def sample_blocks(self, n: int, count: int, rng: np.random.Generator, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` random n x n blocks: inputs ``(count, K, n, n)`` and targets ``(count, 1, n, n)``."""
+        if n > self.min_side():
+            raise InputError(f"block size {n} is larger than the smallest training image side {self.min_side()}")
+        which = rng.integers(0, len(self._stacks), count)
+        blocks = np.empty((count, self.n_inputs + 1, n, n), dtype=np.float32)
+        for index, image in enumerate(which):  # one slice copy per block: cheap next to the network
+            stack = self._stacks[image]
+            top = rng.integers(0, stack.shape[1] - n + 1)
+            left = rng.integers(0, stack.shape[2] - n + 1)
+            block = stack[:, top : top + n, left : left + n]
+            if augment:
+                block = np.rot90(block, k=int(rng.integers(0, 4)), axes=(1, 2))
+                if rng.integers(0, 2):
+                    block = block[:, :, ::-1]
+            blocks[index] = block
+        return blocks[:, :-1], blocks[:, -1:]
+
+
+@dataclass
+class TrainingConfig:
+    """How to train. Defaults train the shipped CNN (see ``medfusion train --help``).
+
+    :param iterations: optimiser steps (the convergence study wants >= 5000).
+    :param batch_size: blocks per step.
+    :param learning_rate: Adam's step size.
+    :param weight_decay: Adam's L2 penalty.
+    :param gradient_weight: weight of the L1 loss on image gradients (sharpness), added to MSE.
+    :param validation_fraction: share of triplets held out for validation.
+    :param validation_every: steps between validations.
+    :param validation_blocks: number of fixed validation blocks.
+    :param patience: validations without improvement before stopping; None never stops early.
+    :param seed: seeds data sampling, initialisation and augmentation.
+    :param device: None/"auto" (CUDA when present), "cpu", "cuda".
+    :param checkpoint: optional path; the best model so far is written there at every improvement.
+    :param pretrain_epochs: DBM only: contrastive-divergence epochs per RBM layer.
+    :param pretrain_blocks: DBM only: blocks used for pre-training.
+    """
+
+    iterations: int = 2000
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    gradient_weight: float = 0.5
+    validation_fraction: float = 0.2
+    validation_every: int = 100
+    validation_blocks: int = 256
+    patience: int | None = 10
+    seed: int = 0
+    device: str | None = None
+    checkpoint: str | None = None
+    pretrain_epochs: int = 5
+    pretrain_blocks: int = 20000
+
+
+@dataclass
+class TrainingHistory:
+    """Losses recorded during :func:`train` (lists are per iteration / per validation)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    validation_iterations: list[int] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    best_iteration: int = 0
+    best_validation_loss: float = math.inf
+    stopped_early: bool = False
+    seconds: float = 0.0
+    device: str = "cpu"
+    pretraining: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fusion_loss(prediction: torch.Tensor, target: torch.Tensor, gradient_weight: float) -> torch.Tensor:
+    """MSE plus ``gradient_weight`` times the L1 distance of horizontal and vertical differences."""
+    loss = F.mse_loss(prediction, target)
+    if gradient_weight:
+        for axis in (-1, -2):
+            loss = loss + gradient_weight * F.l1_loss(torch.diff(prediction, dim=axis), torch.diff(target, dim=axis))
+    return loss
+
+
+def _check_config(config: TrainingConfig) -> None:
+    for name in ("iterations", "batch_size", "validation_every", "validation_blocks"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"training {name}: expected a positive integer, got {value!r}")
+    if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
+        raise InputError(f"training learning_rate: expected a positive number, got {config.learning_rate!r}")
+    if not 0 <= config.validation_fraction < 1:
+        raise InputError(f"training validation_fraction: expected [0, 1), got {config.validation_fraction!r}")
+
+
+def train(
+    model: "FusionModel",  # noqa: F821 - imported lazily to avoid a cycle
+    dataset: TripletDataset,
+    config: TrainingConfig | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> TrainingHistory:
+    """Fit ``model`` to ``dataset`` in place and return the loss history.
+
+    On cancellation (``cancel.is_set()``) the model's weights are put back as they
+    were before the call and :class:`~MedFusionLib.engine.rbm.TrainingCancelled` is raised.
+
+    :param model: a :class:`~MedFusionLib.engine.model.FusionModel`.
+    :param dataset: training triplets; a share is held out for validation.
+    :param config: a :class:`TrainingConfig` (defaults if None).
+    :param progress: ``progress(fraction, message)``.
+    :param cancel: an object with ``is_set()`` (e.g. ``threading.Event``).
+    """
+    config = config or TrainingConfig()
+    _check_config(config)
+    if dataset.n_inputs != model.n_inputs:
+        raise InputError(f"dataset: triplets have {dataset.n_inputs} inputs, the model fuses {model.n_inputs}")
+    n = model.block_size
+    device = resolve_device(config.device)
+    train_set, validation_set = dataset.split(config.validation_fraction, config.seed)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    original_network = copy.deepcopy(model.network)
+    history = TrainingHistory(device=str(device))
+    start = time.perf_counter()
+
+    def report(fraction: float, message: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled("training cancelled")
+        if progress is not None:
+            progress(fraction, message)
+
+    try:
+        if model.family == "dbm":
+            _pretrain_dbm(model, train_set, config, rng, history, report)
+        network = model.network.to(device).train()
+        optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        validation = None
+        if validation_set is not None:
+            val_inputs, val_targets = validation_set.sample_blocks(
+                n, config.validation_blocks, np.random.default_rng(config.seed + 1), augment=False
+            )
+            validation = (torch.from_numpy(val_inputs).to(device), torch.from_numpy(val_targets).to(device))
+        best_state = copy.deepcopy(network.state_dict())
+        stale = 0
+        for iteration in range(1, config.iterations + 1):
+            inputs, targets = train_set.sample_blocks(n, config.batch_size, rng)
+            inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+            optimiser.zero_grad(set_to_none=True)
+            loss = fusion_loss(network(inputs), targets, config.gradient_weight)
+            loss.backward()
+            optimiser.step()
+            history.train_loss.append(float(loss.detach()))
+            if iteration % config.validation_every == 0 or iteration == config.iterations:
+                if validation is not None:
+                    network.eval()
+                    with torch.no_grad():
+                        val_loss = float(fusion_loss(network(validation[0]), validation[1], config.gradient_weight))
+                    network.train()
+                else:
+                    val_loss = float(np.mean(history.train_loss[-config.validation_every :]))
+                history.validation_iterations.append(iteration)
+                history.validation_loss.append(val_loss)
+                if val_loss < history.best_validation_loss:
+                    history.best_validation_loss = val_loss
+                    history.best_iteration = iteration
+                    best_state = copy.deepcopy(network.state_dict())
+                    stale = 0
+                    if config.checkpoint:
+                        model.network.load_state_dict(best_state)
+                        model.save(config.checkpoint)
+                else:
+                    stale += 1
+                report(iteration / config.iterations, f"iteration {iteration}: loss {loss.item():.5f}, validation {val_loss:.5f}")
+                if config.patience is not None and stale >= config.patience:
+                    history.stopped_early = True
+                    break
+        network.load_state_dict(best_state)
+        network.eval()
+    except BaseException:
+        model.network = original_network  # a cancelled or failed run leaves the model as it was
+        raise
+    history.seconds = time.perf_counter() - start
+    model.info.training = {**model.info.training, **{k: v for k, v in asdict(config).items() if k != "checkpoint"},
+                           "iterations_run": len(history.train_loss), "best_iteration": history.best_iteration,
+                           "best_validation_loss": history.best_validation_loss, "seconds": round(history.seconds, 1),
+                           "training_triplets": len(train_set)}
+    return history
+
+
+def _pretrain_dbm(model, train_set: TripletDataset, config: TrainingConfig, rng: np.random.Generator,
+                  history: TrainingHistory, report: Callable[[float, str], None]) -> None:
+    """Greedy CD pre-training of the RBM stack on flattened input blocks, then unroll into the model."""
+    from .networks import BlockDBMNet
+
+    network = model.network
+    inputs, _ = train_set.sample_blocks(model.block_size, config.pretrain_blocks, rng)
+    data = torch.from_numpy(inputs.reshape(inputs.shape[0], -1))
+    generator = torch.Generator().manual_seed(config.seed)
+    rbms, layers = pretrain_stack(
+        data, list(network.layer_sizes), epochs=config.pretrain_epochs, batch_size=64, generator=generator,
+        progress=lambda fraction, message: report(0.0, f"pre-training: {message}"),
+    )
+    history.pretraining = layers
+    model.network = BlockDBMNet(network.n_inputs, network.block_size, network.layer_sizes, rbms=rbms)
+
+
+def save_history(history: TrainingHistory, path: str | Path) -> None:
+    """Write the history as JSON (atomically)."""
+    import json
+
+    from ..io import atomic_output
+
+    with atomic_output(Path(path), overwrite=True) as temporary:
+        Path(temporary).write_text(json.dumps(history.to_dict()))

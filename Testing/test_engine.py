@@ -1,0 +1,281 @@
+"""Tests of the fusion networks, the model file format and training (MedFusionLib.engine)."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from MedFusionLib.engine.devices import inference_context, resolve_device
+from MedFusionLib.engine.model import FusionModel
+from MedFusionLib.engine.networks import (
+    BlockDBMNet,
+    PyramidWeightCNN,
+    collapse_pyramid,
+    laplacian_pyramid,
+    max_levels,
+)
+from MedFusionLib.engine.rbm import TrainingCancelled
+from MedFusionLib.engine.training import Triplet, TripletDataset, TrainingConfig, fusion_loss
+from MedFusionLib.errors import InputError
+
+
+def smooth_image(rng: np.random.Generator, shape=(72, 80), sigma=2.0) -> np.ndarray:
+    image = ndimage.gaussian_filter(rng.random(shape), sigma)
+    return ((image - image.min()) / (image.max() - image.min())).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> TripletDataset:
+    rng = np.random.default_rng(0)
+    triplets = []
+    for index in range(6):
+        a, b = smooth_image(rng), smooth_image(rng)
+        triplets.append(Triplet([a, b], np.maximum(a, b), f"toy {index}"))
+    return TripletDataset(triplets)
+
+
+# ------------------------------------------------------------------ networks
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 53), (9, 130)])
+def test_torch_pyramid_collapses_exactly(shape):
+    x = torch.rand(2, 3, *shape, dtype=torch.float64)
+    pyramid = laplacian_pyramid(x, max_levels(*shape))
+    assert torch.allclose(collapse_pyramid(pyramid), x, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 53), (8, 8), (3, 5), (1, 1)])
+def test_cnn_of_identical_inputs_is_the_input(shape):
+    # Per-level weights sum to one, so fusing K copies of an image must return it.
+    torch.manual_seed(1)
+    network = PyramidWeightCNN(n_inputs=3).double().eval()
+    image = torch.rand(1, 1, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        fused = network(image.expand(1, 3, *shape).contiguous())
+    assert fused.shape == (1, 1, *shape)
+    assert torch.allclose(fused, image, atol=1e-10)
+
+
+def test_cnn_output_is_finite_and_depends_on_the_inputs():
+    torch.manual_seed(2)
+    network = PyramidWeightCNN().eval()
+    x = torch.rand(4, 2, 48, 40)
+    with torch.no_grad():
+        y = network(x)
+    assert torch.isfinite(y).all()
+    assert not torch.allclose(y, x[:, :1])  # not a copy of one input
+
+
+def test_dbm_network_starts_from_the_average():
+    network = BlockDBMNet(n_inputs=2, block_size=4, layer_sizes=(16, 8))
+    blocks = torch.rand(5, 2, 4, 4)
+    assert torch.allclose(network(blocks), blocks.mean(dim=1, keepdim=True))
+
+
+# ------------------------------------------------------------------ model API
+
+
+def test_create_validates_arguments():
+    with pytest.raises(InputError, match="family"):
+        FusionModel.create("gan")
+    with pytest.raises(InputError, match="n_inputs"):
+        FusionModel.create("cnn", n_inputs=1)
+    with pytest.raises(InputError, match="power of two"):
+        FusionModel.create("cnn", block_size=24)
+
+
+def test_fuse_whole_image_and_blocks_agree_on_identical_inputs():
+    model = FusionModel.create("cnn", 2, 16)
+    image = np.random.default_rng(3).random((40, 52)).astype(np.float32)
+    whole = model.fuse([image, image])
+    blocks = model.fuse([image, image], block_size=16)
+    assert np.allclose(whole, image, atol=1e-5) and np.allclose(blocks, image, atol=1e-5)
+    with pytest.raises(InputError, match="block"):
+        model.fuse([image, image], block_size=64)  # larger than the image
+    with pytest.raises(InputError, match="fuses 2 images"):
+        model.fuse_tensor(torch.rand(1, 3, 16, 16))
+
+
+def test_dbm_refuses_another_block_size():
+    model = FusionModel.create("dbm", 2, 8, layer_sizes=(16,))
+    image = np.zeros((16, 16), np.float32)
+    with pytest.raises(InputError, match="trained on 8x8"):
+        model.fuse([image, image], block_size=4)
+    assert model.fuse([image, image]).shape == (16, 16)
+
+
+@pytest.mark.parametrize("family, kwargs", [("cnn", {}), ("dbm", {"layer_sizes": (32, 16)})])
+def test_save_and_load_round_trip(tmp_path, family, kwargs):
+    model = FusionModel.create(family, 2, 8, **kwargs)
+    with torch.no_grad():
+        for parameter in model.network.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.info.modalities = ["CT", "MRI"]
+    path = model.save(tmp_path / "model.pt")
+    loaded = FusionModel.load(path)
+    assert loaded.info == model.info
+    images = [np.random.default_rng(i).random((24, 24)).astype(np.float32) for i in range(2)]
+    assert np.array_equal(loaded.fuse(images), model.fuse(images))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left
+
+
+def test_hostile_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "owned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": "medfusion-model", "payload": Exploit()}, handle)
+    with pytest.raises(InputError, match="not a readable MedFusion model"):
+        FusionModel.load(path)
+    assert not marker.exists()
+
+
+def test_bad_model_files(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        FusionModel.load(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    FusionModel.create("cnn", 2, 8).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(InputError, match="not a readable"):
+        FusionModel.load(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(InputError, match="not a MedFusion model"):
+        FusionModel.load(foreign)
+    future = tmp_path / "future.pt"
+    payload = torch.load(FusionModel.create("cnn", 2, 8).save(tmp_path / "ok.pt"), weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, future)
+    with pytest.raises(InputError, match="format version 99"):
+        FusionModel.load(future)
+    wrong_family = tmp_path / "wrong.pt"
+    payload["format_version"] = 1
+    payload["info"] = payload["info"].replace('"family": "cnn"', '"family": "dbm"')
+    torch.save(payload, wrong_family)
+    with pytest.raises(InputError, match="inconsistent"):
+        FusionModel.load(wrong_family)
+
+
+def test_devices():
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(InputError, match="not a device"):
+        resolve_device("quantum")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_and_cpu_agree():
+    model = FusionModel.create("cnn", 2, 16)
+    images = [np.random.default_rng(i).random((64, 64)).astype(np.float32) for i in range(2)]
+    assert np.allclose(model.fuse(images, device="cuda"), model.fuse(images, device="cpu"), atol=1e-4)
+
+
+def test_inference_context_restores_grad_mode():
+    torch.set_grad_enabled(True)
+    with inference_context():
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_training_reduces_the_loss_and_is_reproducible(dataset):
+    config = TrainingConfig(iterations=120, validation_every=40, seed=5, patience=None)
+    torch.manual_seed(0)
+    model = FusionModel.create("cnn", 2, 32, width=8, hidden=8)
+    history = model.fit(dataset, config)
+    assert len(history.train_loss) == 120
+    assert history.validation_iterations == [40, 80, 120]
+    assert history.validation_loss[-1] < history.validation_loss[0]
+    assert np.mean(history.train_loss[-20:]) < np.mean(history.train_loss[:20])
+    assert history.best_iteration in history.validation_iterations
+    assert model.info.training["iterations_run"] == 120
+    # Same initial weights, data, config and seed -> bit-identical weights.
+    trained = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        again = FusionModel.create("cnn", 2, 32, width=8, hidden=8)
+        again.fit(dataset, TrainingConfig(iterations=30, validation_every=10, seed=9))
+        trained.append(again.network.state_dict())
+    for name, value in trained[0].items():
+        assert torch.equal(value, trained[1][name]), name
+
+
+def test_early_stopping_and_checkpoint(dataset, tmp_path):
+    model = FusionModel.create("cnn", 2, 32, width=8, hidden=8)
+    checkpoint = tmp_path / "best.pt"
+    history = model.fit(dataset, TrainingConfig(iterations=400, validation_every=10, patience=1,
+                                                learning_rate=0.5, seed=1, checkpoint=str(checkpoint)))
+    assert history.stopped_early and len(history.train_loss) < 400
+    saved = FusionModel.load(checkpoint)
+    for pa, pb in zip(saved.network.state_dict().values(), model.network.state_dict().values()):
+        assert torch.equal(pa, pb)  # the best weights are restored and checkpointed
+
+
+def test_cancel_restores_the_model(dataset):
+    model = FusionModel.create("cnn", 2, 32, width=8, hidden=8)
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    cancel = threading.Event()
+    calls = []
+
+    def progress(fraction, message):
+        calls.append(fraction)
+        cancel.set()
+
+    with pytest.raises(TrainingCancelled):
+        model.fit(dataset, TrainingConfig(iterations=100, validation_every=10), progress=progress, cancel=cancel)
+    assert calls  # it did start
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_dbm_training_pretrains_then_fine_tunes(dataset):
+    model = FusionModel.create("dbm", 2, 8, layer_sizes=(64, 32))
+    history = model.fit(dataset, TrainingConfig(iterations=200, validation_every=50, learning_rate=1e-3,
+                                                pretrain_blocks=2000, pretrain_epochs=3, seed=0, patience=None))
+    assert len(history.pretraining) == 2  # one record per RBM layer
+    first_layer = history.pretraining[0]["reconstruction_error"]
+    assert first_layer[-1] < first_layer[0]
+    assert history.validation_loss[-1] < history.validation_loss[0]
+    # the fine-tuned network is the unrolled RBM stack, not a fresh one
+    assert isinstance(model.network, BlockDBMNet)
+
+
+def test_dataset_validation():
+    a = np.zeros((16, 16), np.float32)
+    with pytest.raises(InputError, match="no triplets"):
+        TripletDataset([])
+    with pytest.raises(InputError, match="one shape"):
+        TripletDataset([Triplet([a, np.zeros((8, 8), np.float32)], a)])
+    with pytest.raises(InputError, match="NaN"):
+        TripletDataset([Triplet([a, a + np.nan], a)])
+    with pytest.raises(InputError, match="expected 2"):
+        TripletDataset([Triplet([a, a], a), Triplet([a, a, a], a)])
+    ds = TripletDataset([Triplet([a, a], a)])
+    with pytest.raises(InputError, match="larger than the smallest"):
+        ds.sample_blocks(32, 1, np.random.default_rng(0))
+    model = FusionModel.create("cnn", 3, 8)
+    with pytest.raises(InputError, match="the model fuses 3"):
+        model.fit(ds, TrainingConfig(iterations=1))
+
+
+def test_fusion_loss_terms():
+    x = torch.zeros(1, 1, 4, 4)
+    y = torch.ones(1, 1, 4, 4)
+    assert fusion_loss(x, y, 0.0).item() == pytest.approx(1.0)
+    ramp = torch.arange(16.0).view(1, 1, 4, 4)
+    assert fusion_loss(ramp, ramp + 1, 0.5).item() == pytest.approx(1.0)  # gradients equal: only MSE
+    assert fusion_loss(ramp, torch.zeros_like(ramp), 0.5).item() > fusion_loss(ramp, torch.zeros_like(ramp), 0.0).item()
