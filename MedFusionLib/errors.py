@@ -12,3 +12,7 @@ class MedFusionError(Exception):
 
 class InputError(MedFusionError, ValueError):
     """An input image, file, parameter or model is unusable; the message says which and why."""
+
+
+class Cancelled(MedFusionError):
+    """A long operation stopped because its cancel flag was set; nothing partial was kept."""

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Tuple, 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, MedFusionError
+from .errors import Cancelled, InputError
 from .io import LoadedImage, _itk_message
 from .validation import BT601_LUMA, luminance
 
@@ -267,7 +267,7 @@ INTERPOLATORS: Mapping[str, int] = {
 REGISTRATION_SEED = 20240611
 
 
-class RegistrationCancelled(MedFusionError):
+class RegistrationCancelled(Cancelled):
     """Raised by :func:`register` when its ``cancel`` flag was set; nothing is returned.
 
     :param message: what happened.

@@ -97,8 +97,12 @@ def test_fuse_whole_image_and_blocks_agree_on_identical_inputs():
     assert np.allclose(whole, image, atol=1e-5) and np.allclose(blocks, image, atol=1e-5)
     with pytest.raises(InputError, match="block"):
         model.fuse([image, image], block_size=64)  # larger than the image
+    assert model.fuse_tensor(torch.rand(1, 3, 16, 16)).shape == (1, 1, 16, 16)  # the CNN takes any K
     with pytest.raises(InputError, match="fuses 2 images"):
-        model.fuse_tensor(torch.rand(1, 3, 16, 16))
+        model.fuse_tensor(torch.rand(1, 1, 16, 16))
+    dbm = FusionModel.create("dbm", 2, 8, layer_sizes=(16,))
+    with pytest.raises(InputError, match="fuses 2 images"):
+        dbm.fuse_tensor(torch.rand(1, 3, 16, 16))
 
 
 def test_dbm_refuses_another_block_size():

@@ -69,7 +69,7 @@ def main() -> None:
           f"(bar: < 10x) {'PASS' if t_full / t_fusion < 10 else 'FAIL'}")
     print("per metric, each computed alone (shared intermediates not reused):")
     for key, info in METRICS.items():
-        t = median_time(lambda: evaluate(fused, [a, b], target, metrics=[key]), max(3, args.repeats // 3))
+        t = median_time(lambda key=key: evaluate(fused, [a, b], target, metrics=[key]), max(3, args.repeats // 3))
         print(f"  {info.label:14s} {t * 1e3:8.2f} ms   {t / t_fusion:5.2f}x")
 
 

@@ -167,3 +167,22 @@ class LaplacianPyramidFusion(FusionBaseline):
             fused = _expand(fused, detail.shape)
             fused += detail
         return fused
+
+
+def gaussian_pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
+    """``[G_0, ..., G_levels]`` with ``G_0`` the image and ``G_{i+1} = REDUCE(G_i)``.
+
+    The levels have the shapes of :func:`laplacian_pyramid`'s, so a Gaussian pyramid
+    of a blending mask weights a Laplacian pyramid level by level (Burt & Adelson's
+    multiresolution spline).
+
+    :param image: ``(H, W)`` image or ``(..., H, W)`` stack.
+    :param levels: number of reductions; clipped to :func:`max_pyramid_levels`.
+    """
+    levels = check_non_negative_int(levels, "levels")
+    current = np.array(image, dtype=np.float64)
+    pyramid = [current]
+    for _ in range(min(levels, max_pyramid_levels(current.shape))):
+        current = _reduce(current)
+        pyramid.append(current)
+    return pyramid

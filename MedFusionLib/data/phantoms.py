@@ -255,8 +255,18 @@ def head_labels(shape: Sequence[int], seed: int = 0, *, lesions: bool = True,
     skull_t = thick(rng.uniform(0.05, 0.09), 1.5)
     r_inner = r_skull - skull_t * np.clip(1 + 0.35 * _smooth_field(rng, shape, big), 0.5, 2.0)
     r_brain = r_inner - thick(0.025, 1.0) * np.clip(1 + 0.4 * _smooth_field(rng, shape, big), 0.4, 2.0)
-    fold = _smooth_field(rng, shape, 0.12 * radius_px)  # gyral folding of the WM surface
-    r_wm = r_brain - thick(0.07, 1.5) * np.clip(1 + 0.6 * fold, 0.4, 2.2)
+
+    # Cortex: sulci are radial CSF clefts where a field sampled on a sphere inside
+    # the brain crosses zero (so they run along the radius, like real sulci).
+    # The GM ribbon follows them: the WM surface dips to the floor of each sulcus,
+    # leaving gyri with WM cores in between.
+    proj = [c + a * x / (r + 1e-6) * 0.7 for c, a, x in zip(centre, semi, u)]
+    angular = _smooth_field(rng, shape, 0.15 * radius_px)
+    s = np.abs(ndimage.map_coordinates(angular, proj, order=1, mode="nearest"))
+    depth = 0.13 * np.clip(1 + 0.4 * _smooth_field(rng, shape, big), 0.4, 1.6)
+    cortex = (r < r_brain) & (r > r_brain - depth)
+    w = float(np.quantile(s[cortex], 0.10)) if cortex.any() else 0.0  # ~10 % of the cortex is sulcal
+    r_wm = r_brain - thick(0.045, 1.2) - depth * np.exp(-((s / (5 * w + 1e-6)) ** 2))
 
     labels = np.zeros(shape, dtype=np.uint8)
     labels[r < r_head] = _T.SCALP
@@ -264,13 +274,7 @@ def head_labels(shape: Sequence[int], seed: int = 0, *, lesions: bool = True,
     labels[r < r_inner] = _T.CSF
     labels[r < r_brain] = _T.GREY_MATTER
     labels[r < r_wm] = _T.WHITE_MATTER
-
-    # Sulci: thin CSF sheets along the zero set of a medium-scale field, cut
-    # through the cortical band; the threshold makes ~12 % of the band sulcal at any size.
-    band = (r < r_brain) & (r > r_wm - 0.02)
-    sulcal = np.abs(_smooth_field(rng, shape, 0.1 * radius_px))
-    if band.any():
-        labels[band & (sulcal < np.quantile(sulcal[band], 0.12))] = _T.CSF
+    labels[cortex & (s < w)] = _T.CSF
     # Interhemispheric fissure: a midline CSF gap at least 1 px wide.
     fissure_w = max(0.012, 0.6 / semi[-1])
     labels[(np.abs(coords["lr"]) < fissure_w) & (r < r_brain) & (r > 0.5 * r_brain)] = _T.CSF
@@ -283,24 +287,28 @@ def head_labels(shape: Sequence[int], seed: int = 0, *, lesions: bool = True,
         labels[_ellipsoid(coords, (side * 0.09, 0.14, 0.02), size[1] * np.array([0.07, 0.11, 0.1]))] = _T.DEEP_GREY
     vent = rng.uniform(0.8, 1.3)  # ventricle size varies strongly between subjects
     for side in (-1, 1):
-        labels[_ellipsoid(coords, (side * 0.08, -0.08, -0.06), vent * np.array([0.045, 0.22, 0.12]),
-                          -side * 0.25)] = _T.CSF
+        labels[_ellipsoid(coords, (side * 0.09, -0.08, -0.06), vent * np.array([0.045, 0.22, 0.12]),
+                          -side * 0.18)] = _T.CSF
     labels[_ellipsoid(coords, (0.0, 0.12, 0.0), vent * np.array([max(0.012, 0.6 / semi[-1]), 0.06, 0.1]))] = _T.CSF
 
     if sum(counts):
-        _add_lesions(labels, grid, r < 0.5 * r_brain, counts, rng, radius_px, shape)
+        _add_lesions(labels, grid, r < r_brain, r < 0.75 * r_brain, counts, rng, radius_px, shape)
     return labels
 
 
-def _add_lesions(labels: np.ndarray, grid: list[np.ndarray], inside: np.ndarray, counts: list[int],
-                 rng: np.random.Generator, radius_px: float, shape: tuple[int, ...]) -> None:
-    """Paint tumours, haemorrhages and calcifications in place, avoiding overlaps where possible."""
+def _add_lesions(labels: np.ndarray, grid: list[np.ndarray], brain: np.ndarray, deep: np.ndarray,
+                 counts: list[int], rng: np.random.Generator, radius_px: float, shape: tuple[int, ...]) -> None:
+    """Paint tumours, haemorrhages and calcifications in place, avoiding overlaps where possible.
+
+    Lesions stay inside ``brain`` (the intracranial mask); centres lie in
+    parenchyma within ``deep``; oedema only replaces parenchyma.
+    """
     shape_noise = np.clip(_smooth_field(rng, shape, 0.08 * radius_px), -1.5, 1.5)
-    candidates = np.flatnonzero(inside)
+    parenchyma = np.isin(labels, (_T.GREY_MATTER, _T.WHITE_MATTER, _T.DEEP_GREY))
+    candidates = np.flatnonzero(parenchyma & deep)
     if candidates.size == 0:
-        candidates = np.flatnonzero(labels == _T.WHITE_MATTER)
+        candidates = np.flatnonzero(brain)
     placed: list[tuple[np.ndarray, float]] = []
-    brain = np.isin(labels, (_T.GREY_MATTER, _T.WHITE_MATTER, _T.DEEP_GREY, _T.CSF))
 
     def blob(extent: float) -> tuple[np.ndarray, float]:
         # Rejection-sample a centre voxel whose blob does not touch earlier ones.
@@ -317,17 +325,17 @@ def _add_lesions(labels: np.ndarray, grid: list[np.ndarray], inside: np.ndarray,
         rad = max(3.0, rng.uniform(0.08, 0.15) * radius_px)
         halo = rad * rng.uniform(1.4, 1.9)
         d, _ = blob(halo)
-        labels[(d < halo) & brain] = _T.OEDEMA
-        labels[d < rad] = _T.TUMOUR
-        labels[d < max(1.2, rad * rng.uniform(0.3, 0.6))] = _T.NECROSIS
+        labels[(d < halo) & parenchyma] = _T.OEDEMA
+        labels[(d < rad) & brain] = _T.TUMOUR
+        labels[(d < max(1.2, rad * rng.uniform(0.3, 0.6))) & brain] = _T.NECROSIS
     for _ in range(counts[1]):
         rad = max(2.0, rng.uniform(0.04, 0.08) * radius_px)
         d, _ = blob(rad)
-        labels[d < rad] = _T.HAEMORRHAGE
+        labels[(d < rad) & brain] = _T.HAEMORRHAGE
     for _ in range(counts[2]):
         rad = max(1.5, rng.uniform(0.01, 0.025) * radius_px)
         d, _ = blob(rad)
-        labels[d < rad] = _T.CALCIFICATION
+        labels[(d < rad) & brain] = _T.CALCIFICATION
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -556,7 +564,7 @@ def mni152_slices(modalities: Sequence[str] = ("MRI_T1", "CT", "PET"), seed: int
     :param volume: return the whole 3D volume instead of one slice.
     :param resolution: voxel size in mm (nilearn resamples the 1 mm template).
     :param noise: as in :func:`make_pair`.
-    :param blur: as in :func:`make_pair`.
+    :param blur: PSF FWHM in pixels, as in :func:`make_pair`; None -> :data:`DEFAULT_BLUR` read as mm.
     :param noise_seed: seed of the noise only; None -> ``seed``.
     :return: a :class:`Phantom`, 2D ``(H, W)`` unless ``volume``.
     :raises MissingDependencyError: (an ImportError and InputError) if nilearn is not installed.
@@ -614,7 +622,9 @@ def mni152_slices(modalities: Sequence[str] = ("MRI_T1", "CT", "PET"), seed: int
             base = np.where(brain, t1 * (means[_T.WHITE_MATTER] / max(ref, 1e-6)), base)
         tex, bias = DEFAULT_TEXTURE[name], DEFAULT_BIAS[name]
         sharp_vol = _apply_fields(base.astype(np.float32), head, name, seed, tex, bias)
-        images[name], clean[name], sharp[name] = _degrade(sharp_vol, name, seed, noise, blur, noise_seed,
+        # Default PSFs are in mm (the synthetic phantoms use 1 mm pixels): convert to pixels.
+        fwhm = _option(blur, name, {name: DEFAULT_BLUR[name] / res}, "blur")
+        images[name], clean[name], sharp[name] = _degrade(sharp_vol, name, seed, noise, fwhm, noise_seed,
                                                           True, slicer)
     labels = labels if slicer is None else np.ascontiguousarray(labels[slicer])
     return Phantom(labels, images, clean, seed, (float(res),) * labels.ndim, sharp)

@@ -101,6 +101,10 @@ class FusionModel:
     def block_size(self) -> int:
         return self.info.block_size
 
+    def accepts(self, count: int) -> bool:
+        """Whether the model can fuse ``count`` inputs: the CNN's shared weights take any K >= 2."""
+        return count == self.n_inputs or (self.family == "cnn" and count >= 2)
+
     def __repr__(self) -> str:
         return f"FusionModel(family={self.family!r}, n_inputs={self.n_inputs}, block_size={self.block_size})"
 
@@ -126,7 +130,7 @@ class FusionModel:
         :param stride: block step (default n / 2).
         :param batch_blocks: blocks per forward pass in block mode (bounds memory).
         """
-        if inputs.ndim != 4 or inputs.shape[1] != self.n_inputs:
+        if inputs.ndim != 4 or not self.accepts(inputs.shape[1]):
             raise InputError(
                 f"inputs: this model fuses {self.n_inputs} images, got {inputs.shape[1] if inputs.ndim == 4 else '?'}"
             )

@@ -30,13 +30,19 @@ _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)
 
 
 def _separable_blur(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Blur every channel with the binomial kernel (times ``scale`` per axis), mirrored borders."""
-    channels = x.shape[1]
-    kernel = torch.tensor(_BINOMIAL, dtype=x.dtype, device=x.device) * (scale / 16.0)
+    """Blur every channel with the binomial kernel (times ``scale`` per axis), mirrored borders.
+
+    Written as shifted sums rather than a depthwise convolution: for a 5-tap kernel
+    on a few channels that is several times faster on CPUs (oneDNN's depthwise
+    kernels are tuned for many channels), and the same on GPUs.
+    """
     mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"  # reflect needs 3+ pixels
-    x = F.pad(x, (2, 2, 2, 2), mode=mode)
-    x = F.conv2d(x, kernel.view(1, 1, 1, 5).expand(channels, 1, 1, 5), groups=channels)
-    return F.conv2d(x, kernel.view(1, 1, 5, 1).expand(channels, 1, 5, 1), groups=channels)
+    padded = F.pad(x, (2, 2, 2, 2), mode=mode)
+    w0, w1, w2 = (t * scale / 16.0 for t in _BINOMIAL[:3])
+    rows = w0 * (padded[..., :-4, :] + padded[..., 4:, :]) + w1 * (padded[..., 1:-3, :] + padded[..., 3:-1, :])
+    rows = rows + w2 * padded[..., 2:-2, :]
+    out = w0 * (rows[..., :-4] + rows[..., 4:]) + w1 * (rows[..., 1:-3] + rows[..., 3:-1])
+    return out + w2 * rows[..., 2:-2]
 
 
 def pyramid_reduce(x: torch.Tensor) -> torch.Tensor:
@@ -82,72 +88,103 @@ def collapse_pyramid(pyramid: list[torch.Tensor]) -> torch.Tensor:
 
 
 class PyramidWeightCNN(nn.Module):
-    """CNN predicting per-level, per-pixel fusion weights of a Laplacian pyramid.
+    """CNN predicting per-level, per-pixel fusion weights of a Laplacian pyramid, for any K >= 2.
 
-    :param n_inputs: K, the number of co-registered inputs.
+    Every input goes through the same small network (shared weights), which scores
+    each pyramid level of it pixel by pixel; a softmax across the K inputs turns the
+    scores into weights. The scores see a mean over the inputs' features as well, so
+    the rule can depend on the other inputs, yet the network is permutation-equivariant
+    and one trained model fuses 2, 3 or more inputs.
+
+    :param n_inputs: K the model was trained with (informative: any K >= 2 is accepted).
     :param levels: Laplacian pyramid depth (clipped per call to what the image allows).
     :param width: channels of the context encoder.
-    :param hidden: channels of the per-level weight heads (1x1 convolutions).
+    :param hidden: channels of the per-level score heads (1x1 convolutions).
     """
 
     family = "cnn"
 
-    def __init__(self, n_inputs: int = 2, levels: int = 4, width: int = 16, hidden: int = 16) -> None:
+    def __init__(self, n_inputs: int = 2, levels: int = 4, width: int = 8, hidden: int = 8) -> None:
         super().__init__()
         self.n_inputs = n_inputs
         self.levels = levels
         self.width = width
         self.hidden = hidden
-        k = n_inputs
-        # Context encoder at 1/2, 1/4 and 1/8 resolution: which input carries structure here.
-        self.encode_half = nn.Conv2d(2 * k, width, 3, padding=1)
+        # Context encoder at 1/2, 1/4 and 1/8 resolution: how much structure each input has here.
+        self.encode_half = nn.Conv2d(2, width, 3, padding=1)
         self.encode_quarter = nn.Conv2d(width, width, 3, stride=2, padding=1)
         self.encode_eighth = nn.Conv2d(width, width, 3, stride=2, padding=1)
-        self.context_eighth = nn.Conv2d(width, width, 3, padding=1)
-        # Per-level heads: [context, local activity of each input, the inputs themselves] -> K logits.
-        # One head for the detail levels (shared: fusion rules are scale-similar) plus a
-        # level embedding, and one for the base.
+        # Score heads: [own context, mean context over inputs, own local activity, own level] -> 1 score.
+        # One head for the detail levels (fusion rules are scale-similar, a level code tells them
+        # apart) and one for the base.
         self.detail_head = nn.Sequential(
-            nn.Conv2d(width + 2 * k + 1, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, k, 1)
+            nn.Conv2d(2 * width + 3, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1)
         )
         self.base_head = nn.Sequential(
-            nn.Conv2d(width + 2 * k, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, k, 1)
+            nn.Conv2d(2 * width + 2, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1)
         )
 
     def config(self) -> dict[str, int]:
         """Constructor arguments, stored with the weights."""
         return {"n_inputs": self.n_inputs, "levels": self.levels, "width": self.width, "hidden": self.hidden}
 
-    def _context(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _contexts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features of every input at 1/2, 1/4, 1/8 resolution, ``(B*K, width, h, w)``."""
         half = pyramid_reduce(x)
         # Local contrast (absolute deviation from the local mean) tells the encoder where detail is.
         contrast = (half - _separable_blur(half)).abs()
         f_half = F.relu(self.encode_half(torch.cat([half, contrast], dim=1)))
         f_quarter = F.relu(self.encode_quarter(f_half))
-        f_eighth = F.relu(self.context_eighth(F.relu(self.encode_eighth(f_quarter))))
+        f_eighth = F.relu(self.encode_eighth(f_quarter))
         return [f_half, f_quarter, f_eighth]
+
+    def _scores(self, head: nn.Sequential, context: torch.Tensor | None, size: torch.Size,
+                pixel_terms: list[torch.Tensor], batch: int, count: int) -> torch.Tensor:
+        """The score head applied without materialising its concatenated input.
+
+        The first 1x1 layer is linear, so its context part is applied at the context's
+        (lower) resolution and then upsampled -- the two commute -- and the mean over
+        inputs of that part equals the part of the mean; the per-pixel terms are added
+        channel-wise. Same numbers as ``head(cat(...))``, several times cheaper.
+        """
+        first, _, second = head
+        weight = first.weight[:, :, 0, 0]
+        hidden = weight.shape[0]
+        if context is None:
+            z = first.bias.view(1, hidden, 1, 1).expand(batch * count, hidden, *size)
+        else:
+            # 1x1 convolutions as channel contractions: oneDNN is slow on few-channel NCHW maps.
+            own_part = torch.einsum("oc,nchw->nohw", weight[:, : self.width], context)
+            pooled_part = torch.einsum("oc,nchw->nohw", weight[:, self.width : 2 * self.width], context)
+            low = own_part.shape[-2:]
+            pooled_part = pooled_part.view(batch, count, hidden, *low).mean(dim=1, keepdim=True)
+            z = (own_part.view(batch, count, hidden, *low) + pooled_part).view(batch * count, hidden, *low)
+            z = z + first.bias.view(1, hidden, 1, 1)
+            if tuple(low) != tuple(size):
+                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+        for column, term in enumerate(pixel_terms, start=2 * self.width):
+            z = z + weight[:, column].view(1, hidden, 1, 1) * term
+        return (F.relu(z) * second.weight.view(1, hidden, 1, 1)).sum(dim=1, keepdim=True) + second.bias.view(1, 1, 1, 1)
 
     def fusion_weights(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The inputs' Laplacian pyramids and the per-level softmax weights, ``(B, K, h_l, w_l)`` each."""
+        batch, count = x.shape[:2]
         levels = min(self.levels, max_levels(*x.shape[-2:]))
         pyramid = laplacian_pyramid(x, levels)
-        contexts = self._context(x) if min(x.shape[-2:]) >= 8 else None
+        flat = x.reshape(batch * count, 1, *x.shape[-2:])
+        contexts = self._contexts(flat) if min(x.shape[-2:]) >= 8 else None
         weights = []
         for index, level in enumerate(pyramid):
             size = level.shape[-2:]
-            if contexts is None:
-                context = level.new_zeros((level.shape[0], self.width, *size))
-            else:
-                # The encoder scale closest to this level (level l has 1/2^l resolution).
-                source = contexts[min(max(index - 1, 0), len(contexts) - 1)]
-                context = F.interpolate(source, size=size, mode="bilinear", align_corners=False)
+            own = level.reshape(batch * count, 1, *size)
+            # The encoder scale closest to this level (level l has 1/2^l resolution).
+            context = None if contexts is None else contexts[min(max(index - 1, 0), len(contexts) - 1)]
             if index < len(pyramid) - 1:
-                activity = _separable_blur(level.abs())
-                depth = level.new_full((level.shape[0], 1, *size), index / max(self.levels, 1))
-                logits = self.detail_head(torch.cat([context, activity, level, depth], dim=1))
+                terms = [_separable_blur(own.abs()), own, own.new_full(own.shape, index / max(self.levels, 1))]
+                scores = self._scores(self.detail_head, context, size, terms, batch, count)
             else:
-                logits = self.base_head(torch.cat([context, level, _separable_blur(level)], dim=1))
-            weights.append(torch.softmax(logits, dim=1))
+                scores = self._scores(self.base_head, context, size, [own, _separable_blur(own)], batch, count)
+            weights.append(torch.softmax(scores.view(batch, count, *size), dim=1))
         return pyramid, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

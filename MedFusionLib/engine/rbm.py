@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError, MedFusionError
+from ..errors import Cancelled, InputError
 
 __all__ = [
     "DEFAULT_LR",
@@ -129,7 +129,7 @@ _MONITOR_SAMPLES = 1024
 _PROPAGATE_CHUNK = 65536
 
 
-class TrainingCancelled(MedFusionError):
+class TrainingCancelled(Cancelled):
     """Training was stopped because the caller's ``cancel`` event was set."""
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from ..validation import as_grey_image, source_name
+from ..validation import as_grey_image
 
 #: Optional ``(lo, hi)`` intensity range that maps onto [0, 255].
 DataRange = Optional[Tuple[float, float]]

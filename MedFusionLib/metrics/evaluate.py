@@ -173,15 +173,10 @@ def table_to_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike |
             writer.writerow({k: _format_value(v) for k, v in row.items()})
     text = buffer.getvalue()
     if path is not None:
-        path = os.fspath(path)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(temporary, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        from ..io import atomic_output  # SimpleITK is only needed when writing
+
+        with atomic_output(path, overwrite=True) as temporary:
+            temporary.write_text(text, encoding="utf-8")
     return text
 
 

@@ -1,0 +1,283 @@
+"""The user-facing fusion API: :func:`fuse` for a 2D group, :func:`fuse_volume` for 3D volumes.
+
+Both accept the shipped default model (``model="default"``), a model file, a
+:class:`~MedFusionLib.engine.model.FusionModel`, or a built-in baseline by name
+(``"laplacian"``, ``"guided_filter"``, ...), and take care of what every caller
+needs: input checks with clear messages, intensity standardisation to [0, 1],
+colour (PET/SPECT pseudo-colour is fused on luminance and its colour put back),
+device choice, progress and cancellation. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, Union
+
+import numpy as np
+import torch
+
+from .baselines import BASELINES, FusionBaseline, get_baseline
+from .engine.devices import inference_context, resolve_device
+from .engine.model import FusionModel
+from .errors import Cancelled, InputError
+from .io import LoadedImage
+from .preprocessing import Chroma, merge_luminance, percentile_normalise, split_luminance, standardise
+from .validation import source_name
+
+#: The shipped default model (trained by ``medfusion train --recipe default``; see the README).
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default_cnn.pt"
+
+ProgressCallback = Callable[[float, str], None]
+Method = Union[str, Path, FusionModel, FusionBaseline]
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class FusionCancelled(Cancelled):
+    """Raised when a fusion is cancelled; nothing was written and nothing is returned."""
+
+
+@dataclass
+class FusionResult:
+    """A fused 2D image.
+
+    :param image: the fused luminance / grey image, ``float32`` in [0, 1].
+    :param colour: ``(H, W, 3)`` ``float32`` RGB in [0, 1] when an input was colour, else None.
+    :param seconds: wall time of the fusion itself (after loading and standardisation).
+    :param method: what fused it.
+    """
+
+    image: np.ndarray
+    colour: np.ndarray | None
+    seconds: float
+    method: str
+
+
+_MODEL_CACHE: dict[tuple[str, float], FusionModel] = {}
+
+
+def load_method(method: Method = "default") -> FusionModel | FusionBaseline:
+    """Resolve ``method``: ``"default"``, a baseline name, a model path, a model or a baseline.
+
+    :param method: what to fuse with.
+    """
+    if isinstance(method, (FusionModel, FusionBaseline)):
+        return method
+    if isinstance(method, str) and method.strip().lower() in BASELINES:
+        return get_baseline(method)
+    if isinstance(method, str) and method.strip().lower() == "default":
+        path = DEFAULT_MODEL_PATH
+        if not path.is_file():
+            raise InputError(f"the default model file is missing from the installation ({path})")
+    else:
+        path = Path(method)
+        if not path.exists() and not path.suffix:
+            raise InputError(
+                f"method {method!r}: not a model file, 'default', or a baseline ({', '.join(sorted(BASELINES))})"
+            )
+    key = (str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = FusionModel.load(path)
+    return _MODEL_CACHE[key]
+
+
+def method_name(method: FusionModel | FusionBaseline) -> str:
+    return f"{method.family} model" if isinstance(method, FusionModel) else method.name
+
+
+def to_unit_range(image: np.ndarray, modality: str | None = None, name: str = "image") -> np.ndarray:
+    """Standardise one grey image or volume to ``float32`` in [0, 1].
+
+    With a ``modality`` (``"CT"``, ``"MRI"``, ``"PET"``, ``"SPECT"``):
+    :func:`~MedFusionLib.preprocessing.standardise` (CT brain window, percentiles for
+    the rest). Without: ``uint8`` is divided by 255, ``bool`` taken as 0/1, data already
+    in [0, 1] kept, anything else percentile-normalised (1st to 99th percentile).
+
+    :param image: the image (not modified).
+    :param modality: optional modality name.
+    :param name: for error messages.
+    """
+    array = np.asarray(image)
+    if array.size == 0:
+        raise InputError(f"{name}: the image is empty")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise InputError(f"{name}: expected a numeric image, got dtype {array.dtype}")
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{name}: contains NaN or infinite values")
+    if modality is not None:
+        return np.asarray(standardise(array, modality), dtype=np.float32)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if array.min() >= 0.0 and array.max() <= 1.0:
+        return array.astype(np.float32)
+    return np.asarray(percentile_normalise(array), dtype=np.float32)
+
+
+def _prepare_group(
+    images: Sequence[object], modalities: Sequence[str | None] | None
+) -> tuple[list[np.ndarray], Chroma | None]:
+    """Validated, standardised 2D luminance inputs and the chroma of the first colour input."""
+    if isinstance(images, (np.ndarray, str, bytes)) or not isinstance(images, Sequence):
+        raise InputError("images: expected a list or tuple of images")
+    if len(images) < 2:
+        raise InputError(f"images: at least 2 images are needed, got {len(images)}")
+    if modalities is not None and len(modalities) != len(images):
+        raise InputError(f"modalities: {len(modalities)} given for {len(images)} images")
+    prepared: list[np.ndarray] = []
+    chroma: Chroma | None = None
+    for index, image in enumerate(images):
+        name = source_name(index)
+        array = image.array if isinstance(image, LoadedImage) else np.asarray(image)
+        is_colour = isinstance(image, LoadedImage) and image.is_color or (array.ndim == 3 and array.shape[-1] in (3, 4))
+        if is_colour:
+            luminance, colour = split_luminance(image if isinstance(image, LoadedImage) else array)
+            chroma = chroma if chroma is not None else colour  # the first colour input lends its colour
+            prepared.append(np.asarray(luminance, dtype=np.float32))
+            continue
+        if array.ndim != 2:
+            raise InputError(f"{name}: expected a 2D image (or an RGB image), got shape {array.shape}")
+        modality = modalities[index] if modalities is not None else None
+        prepared.append(to_unit_range(array, modality, name))
+    for index, array in enumerate(prepared[1:], start=1):
+        if array.shape != prepared[0].shape:
+            raise InputError(
+                f"{source_name(index)}: shape {array.shape} differs from source A shape {prepared[0].shape}; "
+                "register the images onto one grid first (medfusion fuse --register)"
+            )
+    return prepared, chroma
+
+
+def _check_inputs_fit(method: FusionModel | FusionBaseline, count: int) -> None:
+    if isinstance(method, FusionModel) and not method.accepts(count):
+        raise InputError(f"the {method_name(method)} fuses {method.n_inputs} images, got {count}")
+
+
+def fuse(
+    images: Sequence[object],
+    model: Method = "default",
+    *,
+    block_size: int | None = None,
+    stride: int | None = None,
+    device: str | torch.device | None = None,
+    modalities: Sequence[str | None] | None = None,
+) -> FusionResult:
+    """Fuse a group of K >= 2 registered 2D images.
+
+    :param images: arrays (grey, or RGB/RGBA pseudo-colour) or 2D :class:`LoadedImage`, one shape.
+    :param model: ``"default"``, a model file, a :class:`FusionModel`, a baseline name or instance.
+    :param block_size: None (model default: the CNN fuses the whole image in one pass)
+        or n = 2^i to fuse overlapping n x n blocks.
+    :param stride: block step (default n / 2).
+    :param device: ``"auto"``/None (CUDA when present), ``"cpu"``, ``"cuda"``.
+    :param modalities: optional modality per image (``"CT"``, ``"MRI"``, ``"PET"``, ``"SPECT"``)
+        for standardisation; default: automatic (see :func:`to_unit_range`).
+    :returns: a :class:`FusionResult`.
+    """
+    method = load_method(model)
+    prepared, chroma = _prepare_group(images, modalities)
+    _check_inputs_fit(method, len(prepared))
+    start = time.perf_counter()
+    if isinstance(method, FusionModel):
+        fused = method.fuse(prepared, block_size=block_size, stride=stride, device=resolve_device(device))
+    else:
+        fused = method.fuse(prepared).astype(np.float32)
+    seconds = time.perf_counter() - start
+    fused = np.clip(fused, 0.0, 1.0)
+    colour = merge_luminance(fused, chroma).astype(np.float32) if chroma is not None else None
+    return FusionResult(fused, colour, seconds, method_name(method))
+
+
+def fuse_volume(
+    volumes: Sequence[LoadedImage | np.ndarray],
+    model: Method = "default",
+    *,
+    axis: int = 0,
+    batch_size: int = 16,
+    block_size: int | None = None,
+    device: str | torch.device | None = None,
+    modalities: Sequence[str | None] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> LoadedImage:
+    """Fuse K registered 3D volumes slice by slice and reassemble a volume on the first one's grid.
+
+    Each volume is standardised as a whole (so slices stay comparable), cut into 2D
+    slices along ``axis`` (array axis: 0 is the slowest, i.e. axial for a usual
+    NIfTI/NRRD), fused in batches of ``batch_size`` slices, and stacked back. The
+    result has exactly the first volume's origin, spacing and direction.
+
+    :param volumes: :class:`LoadedImage` volumes (geometry checked) or 3D arrays (shape checked).
+    :param model: as in :func:`fuse`.
+    :param axis: the array axis to slice along (0, 1 or 2).
+    :param batch_size: slices per forward pass (bounds memory).
+    :param block_size: as in :func:`fuse`.
+    :param device: as in :func:`fuse`.
+    :param modalities: as in :func:`fuse`.
+    :param progress: ``progress(fraction, message)`` after every batch.
+    :param cancel: ``cancel.is_set()`` is checked between batches; raises :class:`FusionCancelled`.
+    :returns: a float32 :class:`LoadedImage` in [0, 1].
+    """
+    method = load_method(model)
+    if isinstance(volumes, (np.ndarray, str, bytes)) or not isinstance(volumes, Sequence) or len(volumes) < 2:
+        raise InputError("volumes: expected a list of at least 2 volumes")
+    if isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise InputError(f"axis: expected 0, 1 or 2, got {axis!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if modalities is not None and len(modalities) != len(volumes):
+        raise InputError(f"modalities: {len(modalities)} given for {len(volumes)} volumes")
+    loaded = [v if isinstance(v, LoadedImage) else LoadedImage.from_array(np.asarray(v)) for v in volumes]
+    for index, volume in enumerate(loaded):
+        if volume.is_color or volume.array.ndim != 3:
+            raise InputError(
+                f"volume {source_name(index)}: expected a grey 3D volume, got shape {volume.array.shape}"
+                + (" (colour)" if volume.is_color else "")
+            )
+    reference = loaded[0]
+    for index, volume in enumerate(loaded[1:], start=1):
+        if volume.array.shape != reference.array.shape:
+            raise InputError(
+                f"volume {source_name(index)}: shape {volume.array.shape} differs from {reference.array.shape}; "
+                "resample it onto source A's grid first (medfusion fuse --register)"
+            )
+        if isinstance(volumes[index], LoadedImage) and isinstance(volumes[0], LoadedImage):
+            if not volume.geometry_matches(reference):
+                raise InputError(
+                    f"volume {source_name(index)}: origin, spacing or direction differ from source A; "
+                    "register/resample it onto source A's grid first (medfusion fuse --register)"
+                )
+    _check_inputs_fit(method, len(loaded))
+    standardised = np.stack(
+        [
+            to_unit_range(v.array, modalities[i] if modalities else None, f"volume {source_name(i)}")
+            for i, v in enumerate(loaded)
+        ]
+    )  # (K, D, H, W)
+    slices = np.moveaxis(standardised, axis + 1, 1)  # (K, S, h, w): slices along the chosen axis
+    count = slices.shape[1]
+    fused = np.empty(slices.shape[1:], dtype=np.float32)
+    torch_device = resolve_device(device) if isinstance(method, FusionModel) else None
+    if torch_device is not None:
+        method.network.to(torch_device)
+    with inference_context():
+        for start in range(0, count, batch_size):
+            if cancel is not None and cancel.is_set():
+                raise FusionCancelled("fusion cancelled")
+            stop = min(start + batch_size, count)
+            if isinstance(method, FusionModel):
+                batch = torch.from_numpy(np.ascontiguousarray(slices[:, start:stop].transpose(1, 0, 2, 3)))
+                out = method.fuse_tensor(batch.to(torch_device), block_size=block_size)
+                fused[start:stop] = out[:, 0].float().cpu().numpy()
+            else:
+                for s in range(start, stop):
+                    fused[s] = method.fuse(list(slices[:, s]))
+            if progress is not None:
+                progress(stop / count, f"fused slices {stop}/{count}")
+    volume = np.clip(np.moveaxis(fused, 0, axis), 0.0, 1.0)
+    return LoadedImage(volume, reference.spacing, reference.origin, reference.direction)
