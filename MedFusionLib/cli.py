@@ -151,29 +151,55 @@ def command_train(args: argparse.Namespace) -> int:
     from .recipes import recipe, train_recipe, training_summary
 
     spec = recipe(args.recipe)
-    if args.family:
+    changes = []
+    if args.family and args.family != spec["family"]:
         spec["family"] = args.family
-        if args.family != recipe(args.recipe)["family"]:
-            spec["network"] = {} if args.family == "cnn" else {"layer_sizes": (256, 128)}
+        spec["network"] = {} if args.family == "cnn" else {"layer_sizes": (256, 128)}
+        changes.append(f"--family {args.family}")
     if args.block_size:
         spec["block_size"] = args.block_size
+        changes.append(f"--block-size {args.block_size}")
     if args.iterations:
         spec["training"].iterations = args.iterations
+        changes.append(f"--iterations {args.iterations}")
     if args.seed is not None:
         spec["training"].seed = args.seed
-    spec["training"].device = args.device
+        changes.append(f"--seed {args.seed}")
+    if args.device:
+        spec["training"].device = None if args.device == "auto" else args.device
     dataset = None
     if args.data:
         from .batch import load_training_triplets
 
         dataset = load_training_triplets(args.data)
         spec["n_inputs"] = dataset.n_inputs
-    bar = ProgressBar("training", enabled=not args.quiet)
+        changes.append("--data <your triplets>")
     stop = threading.Event()
+    if args.tune:
+        from dataclasses import replace
+
+        from .engine.tuning import tune
+        from .recipes import recipe_dataset
+
+        dataset = dataset if dataset is not None else recipe_dataset(spec)
+        tuning_bar = ProgressBar("tuning", enabled=not args.quiet)
+        base = replace(spec["training"], iterations=args.tune_iterations, patience=None, checkpoint=None)
+        try:
+            result = tune(dataset, spec["family"], n_trials=args.tune, base_config=base,
+                          seed=spec["training"].seed, progress=tuning_bar, cancel=stop)
+        finally:
+            tuning_bar.close()
+        family, block_size, network = result.best_model_kwargs()
+        spec.update(family=family, block_size=block_size, network=network)
+        spec["training"] = result.best_training_config(iterations=spec["training"].iterations)
+        Path(f"{args.output}.tuning.json").write_text(result.to_json())
+        print(f"tuning: best of {args.tune} trials {result.best_params} (validation loss {result.best_value:.5f}); "
+              f"all trials in {args.output}.tuning.json")
+        changes.append(f"--tune {args.tune}")
+    spec["command"] = " ".join(["medfusion train --recipe", args.recipe, *changes, "--output <file>"])
+    bar = ProgressBar("training", enabled=not args.quiet)
     try:
-        model, history = train_recipe(spec if args.recipe != "default" or dataset is not None or args.family
-                                      or args.block_size or args.iterations or args.seed is not None
-                                      else args.recipe, args.output, progress=bar, cancel=stop, dataset=dataset)
+        model, history = train_recipe(spec, args.output, progress=bar, cancel=stop, dataset=dataset)
     finally:
         bar.close()
     print(f"model written to {args.output}: {training_summary(history)}")
@@ -256,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--block-size", type=int, help="override the block (training patch) size n = 2^i")
     train.add_argument("--iterations", type=int, help="override the number of training iterations")
     train.add_argument("--seed", type=int, help="override the seed")
-    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    train.add_argument("--device", help="auto (CUDA when present), cpu or cuda (default: the recipe's; "
+                                        "the shipped recipes train on the CPU, reproducibly)")
+    train.add_argument("--tune", type=int, metavar="TRIALS",
+                       help="first search block size, learning rate and network size with Optuna (needs medfusion[tune])")
+    train.add_argument("--tune-iterations", type=int, default=300, help="training iterations per tuning trial")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=command_train)
 

@@ -30,7 +30,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "family": "cnn",
         "n_inputs": 2,
         "block_size": 64,
-        "network": {"levels": 4, "width": 8, "hidden": 8},
+        "network": {"levels": 4, "width": 8, "hidden": 16},
         "data": {"count_per_pair": 6, "shape": (256, 256), "pairs": MODALITY_PAIRS, "seed": 0},
         "training": TrainingConfig(
             iterations=6000, batch_size=16, learning_rate=3e-3, gradient_weight=0.5,
@@ -69,7 +69,7 @@ def recipe(name: str) -> dict[str, Any]:
     """A copy of a named recipe (edit it freely)."""
     if name not in RECIPES:
         raise InputError(f"recipe: unknown {name!r}; choose from {', '.join(RECIPES)}")
-    return copy.deepcopy(RECIPES[name])
+    return {"name": name, **copy.deepcopy(RECIPES[name])}
 
 
 def recipe_dataset(spec: dict[str, Any]) -> TripletDataset:
@@ -108,9 +108,8 @@ def train_recipe(
     data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.get("data", {}).items()}
     model.info.training.update(
         {
-            "recipe": name_or_spec if isinstance(name_or_spec, str) else "custom",
-            "command": f"medfusion train --recipe {name_or_spec} --output <file>"
-            if isinstance(name_or_spec, str) else "custom",
+            "recipe": spec.get("name", "custom"),
+            "command": spec.get("command", f"medfusion train --recipe {spec.get('name', 'default')} --output <file>"),
             "data": "user triplets" if user_data else data,
             "targets": "MedFusionLib.data.targets.saliency_blend (saliency-masked multiresolution blending)",
             "torch": torch.__version__,

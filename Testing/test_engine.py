@@ -283,3 +283,16 @@ def test_fusion_loss_terms():
     ramp = torch.arange(16.0).view(1, 1, 4, 4)
     assert fusion_loss(ramp, ramp + 1, 0.5).item() == pytest.approx(1.0)  # gradients equal: only MSE
     assert fusion_loss(ramp, torch.zeros_like(ramp), 0.5).item() > fusion_loss(ramp, torch.zeros_like(ramp), 0.0).item()
+
+
+def test_banded_scoring_equals_whole_map_scoring(monkeypatch):
+    torch.manual_seed(4)
+    network = PyramidWeightCNN(n_inputs=3, width=6, hidden=5).double().eval()
+    for parameter in network.parameters():
+        parameter.data.normal_(0, 0.5)
+    x = torch.rand(2, 3, 96, 80, dtype=torch.float64)
+    with torch.no_grad():
+        banded = network(x)
+        monkeypatch.setattr(PyramidWeightCNN, "band_elements", 1 << 40)  # one band: the plain computation
+        whole = network(x)
+    assert torch.allclose(banded, whole, atol=1e-12)

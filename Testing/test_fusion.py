@@ -277,3 +277,16 @@ def test_constant_and_odd_channel_inputs(pair):
     assert np.all(np.isfinite(fuse([pair[0], flat]).image))
     with pytest.raises(InputError, match="2D image"):
         fuse([np.zeros((16, 16, 2)), np.zeros((16, 16, 2))], model="average")
+
+
+def test_cli_train_with_tuning(tmp_path):
+    pytest.importorskip("optuna")
+    path = tmp_path / "tuned.pt"
+    assert main(["train", "--recipe", "smoke", "--tune", "2", "--tune-iterations", "10", "-o", str(path), "-q"]) == 0
+    import json
+
+    tuning = json.loads((tmp_path / "tuned.pt.tuning.json").read_text())
+    assert len(tuning["trials"]) == 2
+    model = FusionModel.load(path)
+    assert model.block_size == tuning["best_params"]["block_size"]
+    assert "--tune 2" in model.info.training["command"]

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import numpy as np
+from _timing import median_time
 
 from MedFusionLib.baselines import LaplacianPyramidFusion
-from MedFusionLib.metrics import METRICS, evaluate
-from MedFusionLib.metrics import fmi_backend
+from MedFusionLib.metrics import METRICS, evaluate, fmi_backend
 
 
 def test_images(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,16 +33,6 @@ def test_images(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nd
     mri = np.where(skull, 20, np.where(brain, 120 + 70 * texture, 0)) + rng.normal(0, 4, (size, size))
     a, b = (np.clip(v, 0, 255).astype(np.uint8) for v in (ct, mri))
     return a, b, ((a.astype(float) + b) / 2).astype(np.uint8)
-
-
-def median_time(function, repeats: int) -> float:
-    function()  # warm-up: imports, JIT compilation, caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

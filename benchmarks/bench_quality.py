@@ -16,7 +16,11 @@ import argparse
 import numpy as np
 
 from MedFusionLib.baselines import BASELINES
-from MedFusionLib.data.targets import EVALUATION_SEED_BASE, MODALITY_PAIRS, phantom_cases
+from MedFusionLib.data.targets import (
+    EVALUATION_SEED_BASE,
+    MODALITY_PAIRS,
+    phantom_cases,
+)
 from MedFusionLib.fusion import fuse, load_method
 from MedFusionLib.metrics import evaluate
 

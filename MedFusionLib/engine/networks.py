@@ -103,6 +103,8 @@ class PyramidWeightCNN(nn.Module):
     """
 
     family = "cnn"
+    #: Hidden-layer elements per band of rows in :meth:`_scores` (256 KB of float32: fits in L2).
+    band_elements = 1 << 16
 
     def __init__(self, n_inputs: int = 2, levels: int = 4, width: int = 8, hidden: int = 8) -> None:
         super().__init__()
@@ -143,28 +145,47 @@ class PyramidWeightCNN(nn.Module):
         """The score head applied without materialising its concatenated input.
 
         The first 1x1 layer is linear, so its context part is applied at the context's
-        (lower) resolution and then upsampled -- the two commute -- and the mean over
-        inputs of that part equals the part of the mean; the per-pixel terms are added
-        channel-wise. Same numbers as ``head(cat(...))``, several times cheaper.
+        (lower) resolution and then upsampled -- the two commute -- and its part for the
+        mean over inputs equals the mean's part; the per-pixel terms are added through one
+        channel contraction. Same numbers as ``head(cat(...))``, several times cheaper.
+        Large maps are processed in bands of rows that stay in the CPU cache: the hidden
+        layer is ``hidden`` times the size of a level, and streaming it through memory for
+        every element-wise step was most of the network's time.
         """
         first, _, second = head
         weight = first.weight[:, :, 0, 0]
         hidden = weight.shape[0]
-        if context is None:
-            z = first.bias.view(1, hidden, 1, 1).expand(batch * count, hidden, *size)
-        else:
-            # 1x1 convolutions as channel contractions: oneDNN is slow on few-channel NCHW maps.
-            own_part = torch.einsum("oc,nchw->nohw", weight[:, : self.width], context)
-            pooled_part = torch.einsum("oc,nchw->nohw", weight[:, self.width : 2 * self.width], context)
-            low = own_part.shape[-2:]
-            pooled_part = pooled_part.view(batch, count, hidden, *low).mean(dim=1, keepdim=True)
-            z = (own_part.view(batch, count, hidden, *low) + pooled_part).view(batch * count, hidden, *low)
-            z = z + first.bias.view(1, hidden, 1, 1)
-            if tuple(low) != tuple(size):
-                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-        for column, term in enumerate(pixel_terms, start=2 * self.width):
-            z = z + weight[:, column].view(1, hidden, 1, 1) * term
-        return (F.relu(z) * second.weight.view(1, hidden, 1, 1)).sum(dim=1, keepdim=True) + second.bias.view(1, 1, 1, 1)
+        own_w = weight[:, : self.width]
+        pooled_w = weight[:, self.width : 2 * self.width]
+        pixel_w = weight[:, 2 * self.width : 2 * self.width + len(pixel_terms)]
+        bias = first.bias.view(1, hidden, 1, 1)
+        out_w = second.weight.view(1, hidden, 1, 1)
+        terms = torch.cat(pixel_terms, dim=1)
+
+        def head_on(ctx: torch.Tensor | None, pooled: torch.Tensor | None, local: torch.Tensor) -> torch.Tensor:
+            z = torch.einsum("oc,nchw->nohw", pixel_w, local) + bias
+            if ctx is not None:
+                low = ctx.shape[-2:]
+                part = torch.einsum("oc,nchw->nohw", own_w, ctx).view(batch, count, hidden, *low)
+                part = part + torch.einsum("oc,nchw->nohw", pooled_w, pooled).unsqueeze(1)
+                part = part.view(batch * count, hidden, *low)
+                if tuple(low) != tuple(local.shape[-2:]):
+                    part = F.interpolate(part, size=local.shape[-2:], mode="bilinear", align_corners=False)
+                z = z + part
+            return (F.relu(z) * out_w).sum(dim=1, keepdim=True) + second.bias.view(1, 1, 1, 1)
+
+        pooled = None
+        if context is not None:
+            pooled = context.view(batch, count, self.width, *context.shape[-2:]).mean(dim=1)
+        rows = int(size[0])
+        band = max(1, self.band_elements // max(1, batch * count * hidden * int(size[1])))
+        if context is None or tuple(context.shape[-2:]) != tuple(size) or band >= rows:
+            return head_on(context, pooled, terms)
+        return torch.cat(
+            [head_on(context[..., r : r + band, :], pooled[..., r : r + band, :], terms[..., r : r + band, :])
+             for r in range(0, rows, band)],
+            dim=-2,
+        )
 
     def fusion_weights(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The inputs' Laplacian pyramids and the per-level softmax weights, ``(B, K, h_l, w_l)`` each."""
@@ -180,11 +201,20 @@ class PyramidWeightCNN(nn.Module):
             # The encoder scale closest to this level (level l has 1/2^l resolution).
             context = None if contexts is None else contexts[min(max(index - 1, 0), len(contexts) - 1)]
             if index < len(pyramid) - 1:
-                terms = [_separable_blur(own.abs()), own, own.new_full(own.shape, index / max(self.levels, 1))]
-                scores = self._scores(self.detail_head, context, size, terms, batch, count)
+                activity = _separable_blur(own.abs())
+                if index == 0 and len(pyramid) > 1:
+                    # The finest level is scored at half resolution and its weights upsampled:
+                    # the decision varies smoothly, and full-resolution heads would cost most
+                    # of the network's time.
+                    activity, own = pyramid_reduce(activity), pyramid_reduce(own)
+                depth = own.new_full(own.shape, index / max(self.levels, 1))
+                scores = self._scores(self.detail_head, context, own.shape[-2:], [activity, own, depth], batch, count)
             else:
                 scores = self._scores(self.base_head, context, size, [own, _separable_blur(own)], batch, count)
-            weights.append(torch.softmax(scores.view(batch, count, *size), dim=1))
+            level_weights = torch.softmax(scores.view(batch, count, *scores.shape[-2:]), dim=1)
+            if level_weights.shape[-2:] != size:
+                level_weights = F.interpolate(level_weights, size=size, mode="bilinear", align_corners=False)
+            weights.append(level_weights)
         return pyramid, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

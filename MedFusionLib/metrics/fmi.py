@@ -210,12 +210,16 @@ def _pair_score(ps, cs, lps, h_s, mean_s, css_s, sd_s, pf, cf, lpf, h_f, mean_f,
     norm = math.sqrt(css_s * css_f)
     corr = cross / norm if (cross != 0.0 and norm > 0.0) else 0.0
     positive = corr >= 0.0
-    # Walk the merged sorted CDF values: fused CDF against the source CDF (or 1 - it, reversed).
+    # Walk the merged sorted CDF values (fused CDF against the source CDF, or 1 - it reversed),
+    # keeping each interval's width and coupling cell, and integrating sum_ij B(i, j).
+    widths = np.empty(2 * length)
+    rows = np.empty(2 * length, dtype=np.int64)
+    cols = np.empty(2 * length, dtype=np.int64)
     i = 0
     j = 0
     prev = 0.0
     bound = 0.0
-    for _ in range(2 * length):
+    for step in range(2 * length):
         fv = cf[i] if i < length else 1e300
         if j < length:
             ov = cs[j] if positive else 1.0 - cs[length - 1 - j]
@@ -223,9 +227,11 @@ def _pair_score(ps, cs, lps, h_s, mean_s, css_s, sd_s, pf, cf, lpf, h_f, mean_f,
             ov = 1e300
         take_f = fv <= ov
         v = fv if take_f else ov
-        width = v - prev
+        widths[step] = v - prev
         prev = v
-        bound += width * (length - i) * ((length - j) if positive else j)
+        bound += widths[step] * (length - i) * ((length - j) if positive else j)
+        rows[step] = min(i, length - 1)
+        cols[step] = min(max(j if positive else length - j, 0), length - 1)
         if take_f:
             i += 1
         else:
@@ -241,32 +247,16 @@ def _pair_score(ps, cs, lps, h_s, mean_s, css_s, sd_s, pf, cf, lpf, h_f, mean_f,
     rest = 1.0 - kappa
     log_rest = math.log(abs(rest)) if rest != 0.0 else 0.0
     joint_log = rest * (log_rest - h_f - h_s)
-    i = 0
-    j = 0
-    prev = 0.0
-    for _ in range(2 * length):
-        fv = cf[i] if i < length else 1e300
-        if j < length:
-            ov = cs[j] if positive else 1.0 - cs[length - 1 - j]
-        else:
-            ov = 1e300
-        take_f = fv <= ov
-        v = fv if take_f else ov
-        width = v - prev
-        prev = v
-        if width != 0.0:
-            row = min(i, length - 1)
-            col = min(max(j if positive else length - j, 0), length - 1)
+    for step in range(2 * length):
+        if widths[step] != 0.0:
+            row = rows[step]
+            col = cols[step]
             product = pf[row] * ps[col]
-            joint = kappa * width + rest * product
+            joint = kappa * widths[step] + rest * product
             if joint != 0.0:
                 joint_log += joint * math.log(abs(joint))
             if rest * product != 0.0:
                 joint_log -= rest * product * (log_rest + lpf[row] + lps[col])
-        if take_f:
-            i += 1
-        else:
-            j += 1
     information = h_s + h_f + joint_log
     total = h_s + h_f
     return 2.0 * information / total if (information != 0.0 and total > 0.0) else 0.0
