@@ -1,4 +1,4 @@
-"""The ``medfusion`` command line: ``demo``, ``fuse``, ``batch``, ``train``, ``evaluate``.
+"""The ``medfusion`` command line: ``demo``, ``fuse``, ``batch``, ``train``, ``evaluate``, ``experiment``.
 
 Every subcommand has ``--help``. Bad input ends with one line on stderr
 (``medfusion: error: ...``) and exit code 2; ``--debug`` shows the traceback instead.
@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", help="CSV file to write")
     evaluate.add_argument("-v", "--verbose", action="store_true", help="also print the table when writing CSV")
     evaluate.set_defaults(handler=command_evaluate)
+
+    from .experiments.cli import add_experiment_parser
+
+    add_experiment_parser(sub)
     return parser
 
 

@@ -31,9 +31,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "n_inputs": 2,
         "block_size": 64,
         "network": {"levels": 4, "width": 8, "hidden": 16},
-        "data": {"count_per_pair": 6, "shape": (256, 256), "pairs": MODALITY_PAIRS, "seed": 0},
+        "data": {"count_per_pair": 12, "shape": (256, 256), "pairs": MODALITY_PAIRS, "seed": 0, "target_sigma": 4.0},
         "training": TrainingConfig(
-            iterations=6000, batch_size=16, learning_rate=3e-3, gradient_weight=0.5,
+            iterations=8000, batch_size=16, learning_rate=3e-3, gradient_weight=0.5,
             validation_every=100, validation_blocks=256, patience=20, seed=0, device="cpu",
         ),
         "modalities": ["CT or MRI", "MRI, PET or SPECT"],
@@ -75,7 +75,8 @@ def recipe(name: str) -> dict[str, Any]:
 def recipe_dataset(spec: dict[str, Any]) -> TripletDataset:
     """The phantom triplets a recipe trains on."""
     data = spec["data"]
-    cases = phantom_cases(data["count_per_pair"], tuple(data["shape"]), data["pairs"], data["seed"])
+    cases = phantom_cases(data["count_per_pair"], tuple(data["shape"]), data["pairs"], data["seed"],
+                          data.get("target_sigma", 4.0))
     return TripletDataset([case.triplet() for case in cases])
 
 

@@ -100,14 +100,18 @@ class PyramidWeightCNN(nn.Module):
     :param levels: Laplacian pyramid depth (clipped per call to what the image allows).
     :param width: channels of the context encoder.
     :param hidden: channels of the per-level score heads (1x1 convolutions).
+    :param half_resolution_finest: score the finest level at half resolution and upsample
+        its weights (faster; the decision varies smoothly) instead of at full resolution.
     """
 
     family = "cnn"
     #: Hidden-layer elements per band of rows in :meth:`_scores` (256 KB of float32: fits in L2).
     band_elements = 1 << 16
 
-    def __init__(self, n_inputs: int = 2, levels: int = 4, width: int = 8, hidden: int = 8) -> None:
+    def __init__(self, n_inputs: int = 2, levels: int = 4, width: int = 8, hidden: int = 8,
+                 half_resolution_finest: bool = True) -> None:
         super().__init__()
+        self.half_resolution_finest = bool(half_resolution_finest)
         self.n_inputs = n_inputs
         self.levels = levels
         self.width = width
@@ -125,10 +129,15 @@ class PyramidWeightCNN(nn.Module):
         self.base_head = nn.Sequential(
             nn.Conv2d(2 * width + 2, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1)
         )
+        # Full-resolution correction of the finest level's upsampled scores: a learned multiple of
+        # each input's local activity and detail, so decisions stay sharp at edges (cheap: one
+        # value per input and pixel).
+        self.finest_refinement = nn.Parameter(torch.zeros(2))
 
     def config(self) -> dict[str, int]:
         """Constructor arguments, stored with the weights."""
-        return {"n_inputs": self.n_inputs, "levels": self.levels, "width": self.width, "hidden": self.hidden}
+        return {"n_inputs": self.n_inputs, "levels": self.levels, "width": self.width, "hidden": self.hidden,
+                "half_resolution_finest": self.half_resolution_finest}
 
     def _contexts(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Features of every input at 1/2, 1/4, 1/8 resolution, ``(B*K, width, h, w)``."""
@@ -202,19 +211,20 @@ class PyramidWeightCNN(nn.Module):
             context = None if contexts is None else contexts[min(max(index - 1, 0), len(contexts) - 1)]
             if index < len(pyramid) - 1:
                 activity = _separable_blur(own.abs())
-                if index == 0 and len(pyramid) > 1:
-                    # The finest level is scored at half resolution and its weights upsampled:
-                    # the decision varies smoothly, and full-resolution heads would cost most
-                    # of the network's time.
-                    activity, own = pyramid_reduce(activity), pyramid_reduce(own)
-                depth = own.new_full(own.shape, index / max(self.levels, 1))
-                scores = self._scores(self.detail_head, context, own.shape[-2:], [activity, own, depth], batch, count)
+                terms = [activity, own]
+                if index == 0 and len(pyramid) > 1 and self.half_resolution_finest:
+                    # The finest level is scored at half resolution and its scores upsampled
+                    # (full-resolution heads would cost most of the network's time), then
+                    # corrected per pixel with the full-resolution activity and detail.
+                    terms = [pyramid_reduce(activity), pyramid_reduce(own)]
+                depth = terms[1].new_full(terms[1].shape, index / max(self.levels, 1))
+                scores = self._scores(self.detail_head, context, terms[1].shape[-2:], [*terms, depth], batch, count)
+                if scores.shape[-2:] != size:
+                    scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+                    scores = scores + self.finest_refinement[0] * activity + self.finest_refinement[1] * own
             else:
                 scores = self._scores(self.base_head, context, size, [own, _separable_blur(own)], batch, count)
-            level_weights = torch.softmax(scores.view(batch, count, *scores.shape[-2:]), dim=1)
-            if level_weights.shape[-2:] != size:
-                level_weights = F.interpolate(level_weights, size=size, mode="bilinear", align_corners=False)
-            weights.append(level_weights)
+            weights.append(torch.softmax(scores.view(batch, count, *size), dim=1))
         return pyramid, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,190 @@
+"""Block-size study (paper 002, "Correlation between grid block size and method validity").
+
+For each i in a range (default 1..4, the papers' range) with n = 2^i:
+
+- the learned model (default: the shipped one) fuses each group in **block mode**
+  (``fuse(..., block_size=n)``: overlapping n x n blocks, stride n/2, overlap-averaged),
+  so each block sees only its own n x n context -- which is what the papers vary;
+- optionally (``train=True``) a small model is trained at block size n
+  (:func:`training_spec`: the default recipe's network on a few training phantoms,
+  training seeds only, never the evaluation set) and fuses in block mode at n too.
+
+Metrics: the papers' RMSE, EN, MEAN, GRAD, REL and SSIM against the target (the
+target-based ones only when the group has a target), plus Q^AB/F, and the fusion time.
+
+Tables: ``block_size_rows`` (group x method x i) and ``block_size_summary``
+(per pair and over ``"all"`` groups: mean, std, n of each quantity against i).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any, Iterable, Sequence
+
+from ..data.targets import MODALITY_PAIRS
+from ..engine.blocks import validate_block_size
+from ..errors import InputError
+from ..fusion import Method
+from ._common import TIME_COLUMN, fuse_case, metric_columns, method_label, score, seed_everything, spread, \
+    warm_up
+from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
+
+STUDY = "block_size"
+#: The papers' block-size metrics, plus Q^AB/F (the project's headline quality metric).
+BLOCK_METRICS: tuple[str, ...] = ("RMSE", "EN", "MEAN", "GRAD", "REL", "SSIM", "QABF")
+#: Defaults. Paper 002 uses four pairs of images here; we take 2 groups of every pair.
+FULL = {"count_per_pair": 2, "pairs": MODALITY_PAIRS, "shape": (256, 256), "exponents": (1, 2, 3, 4)}
+QUICK = {"count_per_pair": 2, "pairs": PAPER_PAIRS, "shape": (64, 64), "exponents": (1, 2)}
+ALL_PAIRS = "all"
+
+
+def default_cases(quick: bool = False, data_seed: int = 0, shape: tuple[int, int] | None = None) -> list[Case]:
+    spec = QUICK if quick else FULL
+    return phantom_dataset(spec["count_per_pair"], spec["pairs"], shape or spec["shape"], data_seed)
+
+
+def training_spec(block_size: int, quick: bool = False, seed: int = 0, device: str | None = "cpu") -> dict[str, Any]:
+    """The recipe of the small model trained per block size (``train=True``).
+
+    The shipped model's network and loss; fewer, smaller training phantoms and
+    iterations so four models train in minutes (quick: seconds). Data seeds start at 0
+    (training range), the evaluation set never enters.
+
+    :param block_size: n, the training block size.
+    :param quick: the seconds-long variant.
+    :param seed: training seed.
+    :param device: training device (the CPU by default: reproducible weights).
+    """
+    from ..recipes import recipe
+
+    spec = recipe("default")
+    spec["name"] = f"block-size study n={block_size}"
+    spec["block_size"] = block_size
+    spec["data"] = {"count_per_pair": 1 if quick else 3, "shape": (64, 64) if quick else (128, 128),
+                    "pairs": PAPER_PAIRS if quick else MODALITY_PAIRS, "seed": 0}
+    spec["training"] = replace(spec["training"], iterations=30 if quick else 1500,
+                               validation_every=10 if quick else 100, patience=None, seed=seed, device=device)
+    return spec
+
+
+def block_size_study(
+    cases: Sequence[Case],
+    exponents: Iterable[int] = (1, 2, 3, 4),
+    *,
+    model: Method = "default",
+    train: bool = False,
+    quick_training: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    metrics: Sequence[str] = BLOCK_METRICS,
+    progress: ProgressCallback = no_progress,
+) -> StudyResult:
+    """Fuse every case at n = 2^i for each exponent i (no files written).
+
+    :param cases: the data set (targets enable RMSE, REL, SSIM).
+    :param exponents: the i values; every n = 2^i must fit the images.
+    :param model: the learned model fused in block mode (default: the shipped model).
+    :param train: also train a small model per n (:func:`training_spec`) and fuse with it.
+    :param quick_training: the seconds-long training variant.
+    :param device: fusion device (None: CUDA when present); training runs on the CPU unless this is set.
+    :param seed: seeds torch/numpy and the per-n training.
+    :param metrics: metric keys to compute.
+    :param progress: ``progress(fraction, message)``.
+    """
+    from ..fusion import load_method
+
+    cases = check_cases(cases)
+    exponents = [int(i) for i in exponents]
+    if not exponents:
+        raise InputError("exponents: give at least one i")
+    side = min(min(x.shape) for c in cases for x in c.inputs)
+    for i in exponents:
+        validate_block_size(2**i, (side, side))  # fail before any work when a block cannot fit
+    seed_everything(seed)
+    base = load_method(model)
+    base_label = f"{method_label(model)} (block mode)"
+    rows: list[Row] = []
+    trained: dict[int, dict[str, Any]] = {}
+    steps = len(exponents) * (2 if train else 1)
+    for step, i in enumerate(exponents):
+        n = 2**i
+        methods = [(base_label, base)]
+        if train:
+            progress(step / steps, f"training a model at n = {n}")
+            methods.append(("trained at n", _train_at(n, quick_training, seed, device, trained)))
+        for label, method in methods:
+            warm_up(method, cases[0], device, block_size=n)
+            for case in cases:
+                progress(step / steps, f"{label}: n = {n}, {case.name}")
+                result = fuse_case(case, method, block_size=n, device=device)
+                rows.append({"group": case.name, "pair": case.pair, "method": label, "i": i, "n": n,
+                             **score(result.image, case.inputs, case.target, metrics), TIME_COLUMN: result.seconds})
+    progress(1.0, "done")
+    columns = ["group", "pair", "method", "i", "n", *metric_columns(rows)]
+    rows = [{c: row.get(c) for c in columns} for row in rows]
+    config = {"model": method_label(model), "exponents": exponents, "block_sizes": [2**i for i in exponents],
+              "train": train, "training": trained, "metrics": list(metrics), "seed": seed,
+              "device": resolved_device(device), "stride": "n / 2", "data": describe(cases)}
+    return StudyResult(STUDY, {"block_size_rows": rows, "block_size_summary": summarise(rows)}, config)
+
+
+def _train_at(n: int, quick: bool, seed: int, device: str | None, record: dict[int, dict[str, Any]]):
+    """Train the per-n model; its recipe and headline numbers go into the run's config."""
+    from ..recipes import train_recipe, training_summary
+
+    spec = training_spec(n, quick, seed, device or "cpu")
+    model, history = train_recipe(spec)
+    record[n] = {"data": {k: list(v) if isinstance(v, tuple) else v for k, v in spec["data"].items()},
+                 "iterations": spec["training"].iterations, "seed": seed, **training_summary(history)}
+    return model
+
+
+def summarise(rows: Sequence[Row]) -> list[Row]:
+    """mean, std, n of each quantity per method x i, per pair and over all groups (``pair = "all"``)."""
+    quantities = metric_columns(rows)
+    pairs = [ALL_PAIRS, *dict.fromkeys(row["pair"] for row in rows)]
+    keys = list(dict.fromkeys((row["method"], row["i"], row["n"]) for row in rows))
+    summary = []
+    for pair in pairs:
+        for method, i, n in keys:
+            mine = [r for r in rows if r["method"] == method and r["i"] == i and pair in (ALL_PAIRS, r["pair"])]
+            for quantity in quantities:
+                s = spread([r[quantity] for r in mine])
+                summary.append({"pair": pair, "method": method, "i": i, "n": n, "quantity": quantity,
+                                "mean": s["mean"], "std": s["std"], "count": s["n"]})
+    return summary
+
+
+def run_block_size(
+    out: str | os.PathLike = "experiments",
+    cases: Sequence[Case] | None = None,
+    *,
+    exponents: Iterable[int] | None = None,
+    model: Method = "default",
+    train: bool = False,
+    quick: bool = False,
+    data_seed: int = 0,
+    device: str | None = None,
+    seed: int = 0,
+    force: bool = False,
+    name: str | None = None,
+    report: bool = True,
+    run: RunFolder | None = None,
+    progress: ProgressCallback = no_progress,
+) -> StudyResult:
+    """Run the block-size study into a new run folder ``<out>/block_size-YYYYmmdd-HHMMSS``.
+
+    :param exponents: i values (default 1..4; quick 1..2).
+    :param model: the learned model fused in block mode.
+    :param train: also train a small model per n (quick mode trains the seconds-long variant).
+    Other parameters as in :func:`MedFusionLib.experiments.compare.run_compare`.
+    """
+    spec = QUICK if quick else FULL
+    with open_run(out, STUDY, name=name, force=force, run=run, report=report) as folder:
+        data = default_cases(quick, data_seed) if cases is None else cases
+        result = block_size_study(data, spec["exponents"] if exponents is None else exponents, model=model,
+                                  train=train, quick_training=quick, device=device, seed=seed, progress=progress)
+        result.config.update(quick=quick, data_seed=data_seed if cases is None else None)
+        return folder.write_study(result)

@@ -1,0 +1,406 @@
+"""Tests of MedFusionLib.experiments: the numbers of every study, the run folders and the report.
+
+Small phantoms (64 x 64) and mostly baselines keep the whole file to seconds; the shipped
+model appears only where a study is about it (block mode). Every numeric check is paired
+with a case that must make it fail (a noisy method, a disturbed curve, a shifted history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import hashlib
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MedFusionLib.baselines import FusionBaseline
+from MedFusionLib.engine.model import FusionModel
+from MedFusionLib.engine.training import TrainingConfig, TrainingHistory, TripletDataset, save_history
+from MedFusionLib.errors import InputError
+from MedFusionLib.experiments import (
+    RunFolder,
+    block_size_study,
+    build_report,
+    compare_methods,
+    convergence_curve,
+    dataset_from_source,
+    disturb,
+    flattening_iteration,
+    load_history,
+    perturbation_study,
+    phantom_dataset,
+    read_csv,
+    repeat_fusions,
+    run_all,
+    run_convergence,
+)
+from MedFusionLib.experiments import compare as compare_module
+from MedFusionLib.experiments.cli import add_experiment_parser
+from MedFusionLib.experiments.convergence import moving_average
+from MedFusionLib.experiments.data import PAPER_PAIRS
+from MedFusionLib.experiments.perturbation import KINDS, noise_generator
+from MedFusionLib.fusion import fuse
+from MedFusionLib.metrics import HIGHER, LOWER, METRICS, evaluate
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """64 x 64 images gain nothing from a second intra-op thread, and on a busy shared machine
+    the thread pool's waiting made the tiny trainings here 100x slower; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """2 held-out phantoms of each of the papers' two pairs, 64 x 64."""
+    return phantom_dataset(2, PAPER_PAIRS, (64, 64))
+
+
+class NoisyAverage(FusionBaseline):
+    """A deliberately non-deterministic method: the average plus fresh noise at every call."""
+
+    name = "noisy_average"
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng()
+
+    def _fuse_stack(self, stack: np.ndarray) -> np.ndarray:
+        return stack.mean(axis=0) + self.rng.normal(0.0, 0.01, stack.shape[1:])
+
+
+def _synthetic_history(path: Path, iterations: int = 400) -> Path:
+    losses = [0.2 * math.exp(-t / 60.0) + 0.01 for t in range(1, iterations + 1)]
+    history = TrainingHistory(train_loss=losses, validation_iterations=list(range(50, iterations + 1, 50)),
+                              validation_loss=[losses[i - 1] * 1.1 for i in range(50, iterations + 1, 50)])
+    save_history(history, path)
+    return path
+
+
+# ---------------------------------------------------------------------- data
+
+
+def test_phantom_dataset_is_held_out_and_seeded(cases):
+    again = phantom_dataset(2, PAPER_PAIRS, (64, 64))
+    assert [c.name for c in cases] == [c.name for c in again]
+    assert all(np.array_equal(a.inputs[0], b.inputs[0]) for a, b in zip(cases, again))
+    assert all(c.seed >= 1_000_000 for c in cases)  # evaluation seeds only
+    assert [c.pair for c in cases] == ["CT+MRI_T1"] * 2 + ["MRI_T1+SPECT"] * 2
+    other = phantom_dataset(2, PAPER_PAIRS, (64, 64), data_seed=1)
+    assert not set(c.seed for c in cases) & set(c.seed for c in other)
+
+
+def test_dataset_from_folder_standardises_and_scores(tmp_path):
+    rng = np.random.default_rng(3)
+    source = tmp_path / "data"
+    for name, roles in (("case_a", ("input_1", "input_2", "target")), ("case_b", ("input_1", "input_2"))):
+        folder = source / name
+        folder.mkdir(parents=True)
+        for role in roles:
+            sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, (48, 48), dtype=np.uint8)),
+                            str(folder / f"{role}.png"))
+    data = dataset_from_source(source)
+    assert [c.name for c in data] == ["case_a", "case_b"]
+    assert [c.pair for c in data] == ["all", "all"] and data[0].target is not None and data[1].target is None
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(source / "case_a" / "input_1.png")))
+    np.testing.assert_allclose(data[0].inputs[0], written / 255.0, atol=1e-6)  # uint8 / 255, as fuse() does
+    result = compare_module.run_compare(tmp_path / "runs", data, methods=["average"], report=False)
+    rows = read_csv(result.folder / "compare_rows.csv")
+    expected = evaluate(fuse(list(data[0].inputs), model="average").image, list(data[0].inputs), data[0].target,
+                        ["RMSE"], data_range=(0, 1))["RMSE"]
+    assert rows[0]["RMSE"] == expected  # written at full precision
+    assert rows[1]["RMSE"] is None and isinstance(rows[1]["QABF"], float)  # no target: no target metrics
+
+
+# ---------------------------------------------------------------------- repeat
+
+
+def test_repeat_of_deterministic_baseline_has_zero_spread(cases):
+    result = repeat_fusions(cases[:2], ["average", "laplacian"], repeats=3)
+    determinism = result.tables["repeat_determinism"]
+    assert len(determinism) == 4 and all(r["bit_identical"] for r in determinism)
+    assert all(r["max_abs_difference"] == 0.0 and r["distinct_outputs"] == 1 for r in determinism)
+    metric_rows = [r for r in result.tables["repeat_summary"] if r["quantity"] != "time_s"]
+    assert metric_rows and all(r["std"] == 0.0 and r["min"] == r["max"] and r["n"] == 3 for r in metric_rows)
+    assert len(result.tables["repeat_runs"]) == 2 * 2 * 3
+
+
+def test_repeat_flags_a_non_deterministic_method(cases):
+    result = repeat_fusions(cases[:1], [NoisyAverage()], repeats=3)
+    (row,) = result.tables["repeat_determinism"]
+    assert row["bit_identical"] is False and row["distinct_outputs"] == 3 and row["max_abs_difference"] > 0
+    rmse = next(r for r in result.tables["repeat_summary"] if r["quantity"] == "RMSE")
+    assert rmse["std"] > 0 and rmse["max"] > rmse["min"]
+
+
+# ---------------------------------------------------------------------- compare
+
+
+def test_ranks_follow_each_metrics_direction():
+    rows = [
+        {"group": g, "pair": "P", "method": m, "RMSE": rmse + g_off, "PSNR": psnr, "MEAN": 100.0 + rmse,
+         "time_s": t}
+        for g, g_off in (("g1", 0.0), ("g2", 1.0))
+        for m, rmse, psnr, t in (("good", 5.0, 30.0, 0.2), ("bad", 9.0, 20.0, 0.1), ("tie", 9.0, 20.0, 0.3))
+    ]
+    summary, mean_rank = compare_module.summarise(rows)
+    rank = {(r["method"], r["quantity"]): r["rank"] for r in summary}
+    assert rank[("good", "RMSE")] == 1.0 and rank[("bad", "RMSE")] == 2.5 == rank[("tie", "RMSE")]  # lower better
+    assert rank[("good", "PSNR")] == 1.0 and rank[("bad", "PSNR")] == 2.5  # higher better
+    assert rank[("bad", "time_s")] == 1.0 and rank[("tie", "time_s")] == 3.0
+    assert all(rank[(m, "MEAN")] is None for m in ("good", "bad", "tie"))  # descriptive: no rank
+    means = {(r["method"], r["quantity"]): (r["mean"], r["std"]) for r in summary}
+    assert means[("good", "RMSE")] == (5.5, pytest.approx(math.sqrt(0.5)))
+    assert {r["method"]: r["mean_rank"] for r in mean_rank} == {"good": 1.0, "bad": 2.5, "tie": 2.5}
+
+
+def test_compare_table_and_ranks_on_real_fusions(cases):
+    result = compare_methods(cases, ["average", "laplacian", "maximum"])
+    rows, summary = result.tables["compare_rows"], result.tables["compare_summary"]
+    assert len(rows) == len(cases) * 3 and all(r["time_s"] > 0 for r in rows)
+    assert {"QABF", "RMSE", "SSIM", "EN"} <= set(rows[0])
+    for pair in ("CT+MRI_T1", "MRI_T1+SPECT"):
+        for quantity in ("RMSE", "PSNR", "QABF", "REL", "EN"):
+            cells = [r for r in summary if r["pair"] == pair and r["quantity"] == quantity]
+            better = METRICS[quantity].direction
+            order = sorted(cells, key=lambda r: -r["mean"] if better == HIGHER else r["mean"])
+            assert [r["rank"] for r in order] == [1.0, 2.0, 3.0], (pair, quantity)
+            # the summary mean is the mean of that method's rows
+            for cell in cells:
+                values = [r[quantity] for r in rows if r["pair"] == pair and r["method"] == cell["method"]]
+                assert cell["mean"] == pytest.approx(np.mean(values))
+    assert METRICS["RMSE"].direction == LOWER
+
+
+# ---------------------------------------------------------------------- perturbation
+
+
+def test_disturbances_are_what_they_say():
+    grey = np.full((200, 200), 0.5, dtype=np.float32)
+    noisy = disturb(grey, "gaussian", 0.02, np.random.default_rng(0))
+    assert np.std(noisy - grey) == pytest.approx(0.02, rel=0.05)
+    field = KINDS["salt_and_pepper"][1](np.random.default_rng(1), grey.shape)
+    low, high = (disturb(grey, "salt_and_pepper", p, field=field) for p in (0.01, 0.05))
+    assert np.mean(low != grey) == pytest.approx(0.01, rel=0.15)
+    assert np.mean(high != grey) == pytest.approx(0.05, rel=0.1)
+    assert np.all(high[low != grey] == low[low != grey])  # common random numbers: nested hits
+    assert set(np.unique(high[high != grey])) <= {0.0, 1.0}
+    with pytest.raises(InputError):
+        disturb(grey, "blur", 0.1)
+
+
+def test_noise_monotonically_degrades_the_average_baseline(cases):
+    levels = {"gaussian": [0.01, 0.02, 0.05, 0.1], "salt_and_pepper": [0.01, 0.02, 0.05, 0.1]}
+    result = perturbation_study(cases[:2], ["average"], levels=levels, seed=7)
+    rows = result.tables["perturbation_rows"]
+    for group in {r["group"] for r in rows}:
+        for kind in levels:
+            curve = sorted((r for r in rows if r["group"] == group and r["kind"] == kind), key=lambda r: r["level"])
+            assert [r["level"] for r in curve] == [0.0, *levels[kind]]
+            assert curve[0]["RMSE_vs_undisturbed"] == 0.0 and math.isinf(curve[0]["PSNR_vs_undisturbed"])
+            psnr = [r["PSNR_vs_undisturbed"] for r in curve]
+            assert all(b < a for a, b in zip(psnr, psnr[1:])), (group, kind, psnr)
+            ssim = [r["SSIM_vs_undisturbed"] for r in curve]
+            assert all(b < a for a, b in zip(ssim, ssim[1:])), (group, kind, ssim)
+    labels = {(r["kind"], r["level"]): r["disturbance"] for r in rows}
+    assert labels[("gaussian", 0.02)] == "primary" and labels[("salt_and_pepper", 0.05)] == "secondary"
+    # the check above can fail: a curve whose levels are visited out of order is not monotone
+    shuffled = [psnr_row["PSNR_vs_undisturbed"] for psnr_row in sorted(
+        (r for r in rows if r["kind"] == "gaussian" and r["group"] == cases[0].name), key=lambda r: -r["level"])]
+    assert not all(b < a for a, b in zip(shuffled[1:], shuffled[2:]))
+
+
+def test_noise_is_seeded(cases):
+    levels = {"gaussian": [0.05]}
+    first = perturbation_study(cases[:1], ["average"], levels=levels, seed=3).tables["perturbation_rows"]
+    again = perturbation_study(cases[:1], ["average"], levels=levels, seed=3).tables["perturbation_rows"]
+    other = perturbation_study(cases[:1], ["average"], levels=levels, seed=4).tables["perturbation_rows"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(first) == strip(again)
+    assert first[-1]["RMSE_vs_undisturbed"] != other[-1]["RMSE_vs_undisturbed"]
+    a = noise_generator(3, "g", 0, "gaussian", 1).random(4)
+    assert np.array_equal(a, noise_generator(3, "g", 0, "gaussian", 1).random(4))
+    assert not np.array_equal(a, noise_generator(3, "g", 1, "gaussian", 1).random(4))
+
+
+# ---------------------------------------------------------------------- block size
+
+
+def test_block_size_study_fuses_in_block_mode(cases):
+    result = block_size_study(cases[:2], (1, 3), model="default")
+    rows = result.tables["block_size_rows"]
+    assert [(r["i"], r["n"]) for r in rows] == [(1, 2), (1, 2), (3, 8), (3, 8)]
+    assert {"RMSE", "EN", "MEAN", "GRAD", "REL", "SSIM", "QABF", "time_s"} <= set(rows[0])
+    case = cases[1]
+    direct = fuse(list(case.inputs), block_size=8).image
+    expected = evaluate(direct, list(case.inputs), case.target, ["RMSE", "SSIM"], data_range=(0, 1))
+    assert rows[3]["RMSE"] == pytest.approx(expected["RMSE"], rel=1e-9)
+    assert rows[3]["SSIM"] == pytest.approx(expected["SSIM"], rel=1e-9)
+    whole = evaluate(fuse(list(case.inputs)).image, list(case.inputs), case.target, ["RMSE"], data_range=(0, 1))
+    assert rows[3]["RMSE"] != whole["RMSE"]  # block mode is not the whole-image pass
+    with pytest.raises(InputError):
+        block_size_study(cases[:1], (7,))  # 128 x 128 blocks do not fit 64 x 64 images
+
+
+def test_block_size_study_can_train_per_block_size(cases):
+    result = block_size_study(cases[:1], (2,), train=True, quick_training=True)
+    methods = [r["method"] for r in result.tables["block_size_rows"]]
+    assert methods == ["default (block mode)", "trained at n"]
+    assert result.config["training"][4]["iterations"] == 30
+
+
+# ---------------------------------------------------------------------- convergence
+
+
+def test_convergence_curve_is_the_recorded_history(tmp_path):
+    cases = phantom_dataset(1, PAPER_PAIRS, (64, 64), data_seed=2)
+    model = FusionModel.create("cnn", 2, 8, levels=2, width=4, hidden=4)
+    history = model.fit(TripletDataset([c_triplet(c) for c in cases]),
+                        TrainingConfig(iterations=25, batch_size=4, validation_every=5, validation_blocks=8,
+                                       patience=None, device="cpu"))
+    curve = convergence_curve(history, window=5)
+    assert curve.train_loss == history.train_loss and curve.iterations == list(range(1, 26))
+    assert curve.validation_iterations == history.validation_iterations
+    assert curve.validation_loss == history.validation_loss
+    np.testing.assert_allclose(curve.smoothed[4:], np.convolve(history.train_loss, np.ones(5) / 5, "valid"))
+    assert curve.smoothed[0] == history.train_loss[0]
+    saved = tmp_path / "m.pt.history.json"
+    save_history(history, saved)
+    assert load_history(tmp_path / "m.pt").train_loss == history.train_loss  # found next to the model path
+    result = run_convergence(tmp_path / "runs", saved, window=5, report=False)
+    written = read_csv(result.folder / "convergence_curve.csv")
+    assert [r["train_loss"] for r in written] == history.train_loss  # full precision round trip
+    assert [r["iteration"] for r in read_csv(result.folder / "convergence_validation.csv")] == [5, 10, 15, 20, 25]
+
+
+def c_triplet(case):
+    from MedFusionLib.engine.training import Triplet
+
+    return Triplet(list(case.inputs), case.target, case.name)
+
+
+def test_flattening_iteration_of_an_exponential_decay():
+    a, tau, c, total = 0.5, 300.0, 0.01, 3000
+    t = np.arange(1, total + 1)
+    loss = a * np.exp(-t / tau) + c
+    final = loss[-1]
+    # decreasing curve: inside the 5 % band from the first t with a e^(-t/tau) + c <= 1.05 final
+    expected = math.ceil(-tau * math.log((1.05 * final - c) / a))
+    assert flattening_iteration(loss, list(t), 0.05) == expected
+    curve = convergence_curve(TrainingHistory(train_loss=list(loss)), window=1)
+    assert curve.flattening_iteration == expected
+    # a late drop moves it: the curve is not flat until after the drop
+    dropped = loss.copy()
+    dropped[2500:] *= 0.5
+    assert flattening_iteration(dropped, list(t), 0.05) == 2501
+    assert flattening_iteration([3.0, 2.0, 1.0], [10, 20, 30], 0.0) == 30
+    np.testing.assert_allclose(moving_average([1, 2, 3, 4], 2), [1.0, 1.5, 2.5, 3.5])
+
+
+# ---------------------------------------------------------------------- run folders, report, CLI
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_runs_never_overwrite_without_force(tmp_path):
+    history = _synthetic_history(tmp_path / "h.history.json")
+    first = run_convergence(tmp_path / "runs", history, report=False).folder
+    before = _digests(first)
+    try:
+        second = run_convergence(tmp_path / "runs", history, report=False).folder
+        assert second != first  # a new time stamp: a new folder
+    except InputError:
+        pass  # same second: refused
+    assert _digests(first) == before
+    with pytest.raises(InputError, match="already exists"):
+        run_convergence(tmp_path / "runs", history, name=first.name, report=False)
+    assert _digests(first) == before
+    (first / "stale.txt").write_text("from the old run")
+    replaced = run_convergence(tmp_path / "runs", history, name=first.name, force=True, report=False).folder
+    assert replaced == first and not (first / "stale.txt").exists()
+    plain = tmp_path / "runs" / "not-a-run"
+    plain.mkdir()
+    (plain / "precious.txt").write_text("keep")
+    with pytest.raises(InputError, match="not a MedFusion run folder"):
+        RunFolder.create(tmp_path / "runs", "compare", name="not-a-run", force=True)
+    assert (plain / "precious.txt").read_text() == "keep"
+
+
+def test_a_failing_study_leaves_no_run_folder(tmp_path, cases):
+    with pytest.raises(InputError):
+        compare_module.run_compare(tmp_path / "runs", cases[:1], methods=["no_such_method"], report=False)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_full_quick_run_report_embeds_every_figure_and_config(tmp_path, cases):
+    history = _synthetic_history(tmp_path / "h.history.json")
+    results = run_all(tmp_path / "out", cases, methods=["average", "laplacian"], quick=True, history=history,
+                      seed=5)
+    folder = results["compare"].folder
+    assert folder.parent == tmp_path / "out" and re.fullmatch(r"all-\d{8}-\d{6}", folder.name)
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    figures = sorted((folder / "figures").glob("*.png"))
+    names = {p.stem for p in figures}
+    assert {"compare_fused", "compare_sources", "compare_target", "compare_time", "grid_0", "grid_1",
+            "block_size", "perturbation_gaussian", "perturbation_salt_and_pepper", "convergence",
+            "repeat_time"} <= names
+    embedded = re.findall(r'<figure id="fig-([^"]+)"><img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
+    assert {name for name, _ in embedded} == names
+    for name, data in embedded:  # the page holds the very figure files, so it needs none of them
+        assert base64.b64decode(data) == (folder / "figures" / f"{name}.png").read_bytes()
+    config = json.loads(html.unescape(re.search(r'<pre id="config">(.*?)</pre>', page, re.S).group(1)))
+    record = json.loads((folder / "run.json").read_text())
+    assert config == record["studies"] and set(config) == {"compare", "repeat", "block_size", "perturbation",
+                                                             "convergence"}
+    assert config["compare"]["seed"] == 5 and config["perturbation"]["levels"]["gaussian"] == [0.02, 0.05]
+    assert record["environment"]["cpu_count"] >= 1 and record["environment"]["torch"] in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing external
+    # every CSV parses, rectangular, with numbers where numbers belong
+    csvs = sorted(folder.glob("*.csv"))
+    assert len(csvs) == 13  # compare 3, repeat 3, block size 2, perturbation 2, convergence 3
+    for path in csvs:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        assert len(rows) > 1 and all(len(r) == len(rows[0]) for r in rows), path.name
+    rows = read_csv(folder / "compare_rows.csv")
+    assert all(isinstance(r["QABF"], float) and isinstance(r["time_s"], float) for r in rows)
+    assert len(rows) == len(cases) * 2
+    # rebuilding the report from the folder alone gives the same page (the figures are deterministic)
+    assert build_report(folder).read_text(encoding="utf-8").count("data:image/png;base64,") == len(names)
+
+
+def test_cli_runs_a_study_and_rebuilds_a_report(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="medfusion")
+    add_experiment_parser(parser.add_subparsers(dest="command", required=True))
+    history = _synthetic_history(tmp_path / "h.history.json")
+    args = parser.parse_args(["experiment", "convergence", "-o", str(tmp_path / "cli"), "--history", str(history),
+                              "--name", "conv", "--window", "10", "-q"])
+    assert args.handler(args) == 0
+    summary = read_csv(tmp_path / "cli" / "conv" / "convergence_summary.csv")[0]
+    assert summary["window"] == 10 and summary["iterations"] == 400
+    assert (tmp_path / "cli" / "conv" / "report.html").is_file()
+    args = parser.parse_args(["experiment", "report", str(tmp_path / "cli" / "conv")])
+    assert args.handler(args) == 0
+    assert "report written to" in capsys.readouterr().out
+    args = parser.parse_args(["experiment", "perturbation", "-o", str(tmp_path / "cli"), "--quick", "--methods",
+                              "average", "--gaussian", "0.05", "--per-pair", "1", "--size", "48", "-q",
+                              "--no-report"])
+    assert args.handler(args) == 0
+    (run,) = [p for p in (tmp_path / "cli").iterdir() if p.name.startswith("perturbation-")]
+    rows = read_csv(run / "perturbation_rows.csv")
+    assert {(r["kind"], r["level"]) for r in rows} == {("gaussian", 0.0), ("gaussian", 0.05)}
+    assert not (run / "report.html").exists()
