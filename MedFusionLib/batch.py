@@ -58,7 +58,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, NoReturn, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -77,6 +77,9 @@ from .fusion import (
 from .io import LoadedImage, PathLike, atomic_output, read_image, write_image
 from .metrics import METRICS, evaluate, table_to_csv
 from .preprocessing import MODALITIES, split_luminance
+
+if TYPE_CHECKING:
+    from .engine.training import TripletDataset
 
 __all__ = [
     "Group",
