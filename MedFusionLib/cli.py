@@ -153,13 +153,16 @@ def command_train(args: argparse.Namespace) -> int:
     spec = recipe(args.recipe)
     changes = []
     if args.family and args.family != spec["family"]:
-        spec["family"] = args.family
-        spec["network"] = {} if args.family == "cnn" else {"layer_sizes": (256, 128)}
+        # Another family needs its own block size, network and training settings: take the
+        # shipped recipe of that family, keeping this recipe's data.
+        family_recipe = recipe("dbm" if args.family == "dbm" else "default")
+        for key in ("family", "block_size", "network", "training"):
+            spec[key] = family_recipe[key]
         changes.append(f"--family {args.family}")
-    if args.block_size:
+    if args.block_size is not None:
         spec["block_size"] = args.block_size
         changes.append(f"--block-size {args.block_size}")
-    if args.iterations:
+    if args.iterations is not None:
         spec["training"].iterations = args.iterations
         changes.append(f"--iterations {args.iterations}")
     if args.seed is not None:
@@ -192,9 +195,8 @@ def command_train(args: argparse.Namespace) -> int:
         family, block_size, network = result.best_model_kwargs()
         spec.update(family=family, block_size=block_size, network=network)
         spec["training"] = result.best_training_config(iterations=spec["training"].iterations)
-        Path(f"{args.output}.tuning.json").write_text(result.to_json())
-        print(f"tuning: best of {args.tune} trials {result.best_params} (validation loss {result.best_value:.5f}); "
-              f"all trials in {args.output}.tuning.json")
+        tuning_json = result.to_json()  # written next to the model once training succeeded
+        print(f"tuning: best of {args.tune} trials {result.best_params} (validation loss {result.best_value:.5f})")
         changes.append(f"--tune {args.tune}")
     spec["command"] = " ".join(["medfusion train --recipe", args.recipe, *changes, "--output <file>"])
     bar = ProgressBar("training", enabled=not args.quiet)
@@ -202,6 +204,12 @@ def command_train(args: argparse.Namespace) -> int:
         model, history = train_recipe(spec, args.output, progress=bar, cancel=stop, dataset=dataset)
     finally:
         bar.close()
+    if args.tune:
+        from .io import atomic_output
+
+        with atomic_output(f"{args.output}.tuning.json", overwrite=True) as temporary:
+            temporary.write_text(tuning_json)
+        print(f"all tuning trials in {args.output}.tuning.json")
     print(f"model written to {args.output}: {training_summary(history)}")
     return 0
 

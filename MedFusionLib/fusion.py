@@ -134,7 +134,7 @@ def _prepare_group(
     for index, image in enumerate(images):
         name = source_name(index)
         array = image.array if isinstance(image, LoadedImage) else np.asarray(image)
-        is_colour = isinstance(image, LoadedImage) and image.is_color or (array.ndim == 3 and array.shape[-1] in (3, 4))
+        is_colour = image.is_color if isinstance(image, LoadedImage) else (array.ndim == 3 and array.shape[-1] in (3, 4))
         if is_colour:
             luminance, colour = split_luminance(image if isinstance(image, LoadedImage) else array)
             chroma = chroma if chroma is not None else colour  # the first colour input lends its colour
@@ -182,9 +182,12 @@ def fuse(
     method = load_method(model)
     prepared, chroma = _prepare_group(images, modalities)
     _check_inputs_fit(method, len(prepared))
+    torch_device = resolve_device(device)  # checked for baselines too: a wrong device is a mistake
+    if not isinstance(method, FusionModel) and (block_size is not None or stride is not None):
+        raise InputError(f"block_size/stride: {method_name(method)} fuses whole images; blocks apply to learned models")
     start = time.perf_counter()
     if isinstance(method, FusionModel):
-        fused = method.fuse(prepared, block_size=block_size, stride=stride, device=resolve_device(device))
+        fused = method.fuse(prepared, block_size=block_size, stride=stride, device=torch_device)
     else:
         fused = method.fuse(prepared).astype(np.float32)
     seconds = time.perf_counter() - start
@@ -263,7 +266,10 @@ def fuse_volume(
     slices = np.moveaxis(standardised, axis + 1, 1)  # (K, S, h, w): slices along the chosen axis
     count = slices.shape[1]
     fused = np.empty(slices.shape[1:], dtype=np.float32)
-    torch_device = resolve_device(device) if isinstance(method, FusionModel) else None
+    resolved = resolve_device(device)
+    torch_device = resolved if isinstance(method, FusionModel) else None
+    if torch_device is None and block_size is not None:
+        raise InputError(f"block_size: {method_name(method)} fuses whole images; blocks apply to learned models")
     if torch_device is not None:
         method.network.to(torch_device)
     if batch_size is None:

@@ -266,7 +266,7 @@ def test_dataset_validation():
         TripletDataset([Triplet([a, np.zeros((8, 8), np.float32)], a)])
     with pytest.raises(InputError, match="NaN"):
         TripletDataset([Triplet([a, a + np.nan], a)])
-    with pytest.raises(InputError, match="expected 2"):
+    with pytest.raises(InputError, match="same number"):
         TripletDataset([Triplet([a, a], a), Triplet([a, a, a], a)])
     ds = TripletDataset([Triplet([a, a], a)])
     with pytest.raises(InputError, match="larger than the smallest"):
@@ -296,3 +296,11 @@ def test_banded_scoring_equals_whole_map_scoring(monkeypatch):
         monkeypatch.setattr(PyramidWeightCNN, "band_elements", 1 << 40)  # one band: the plain computation
         whole = network(x)
     assert torch.allclose(banded, whole, atol=1e-12)
+
+
+def test_patience_must_be_positive_and_bad_tensor_shapes(dataset):
+    model = FusionModel.create("cnn", 2, 32, width=4, hidden=4)
+    with pytest.raises(InputError, match="patience"):
+        model.fit(dataset, TrainingConfig(iterations=10, patience=0))
+    with pytest.raises(InputError, match="batch, images, height, width"):
+        model.fuse_tensor(torch.rand(2, 16, 16))

@@ -290,3 +290,15 @@ def test_cli_train_with_tuning(tmp_path):
     model = FusionModel.load(path)
     assert model.block_size == tuning["best_params"]["block_size"]
     assert "--tune 2" in model.info.training["command"]
+
+
+def test_baselines_refuse_block_options_and_bad_devices(pair, volumes):
+    with pytest.raises(InputError, match="blocks apply to learned models"):
+        fuse(pair, model="laplacian", block_size=8)
+    with pytest.raises(InputError, match="device"):
+        fuse(pair, model="laplacian", device="quantum")
+    with pytest.raises(InputError, match="blocks apply to learned models"):
+        fuse_volume(volumes, model="average", block_size=8)
+    grey_volume = LoadedImage.from_array(np.zeros((16, 16, 3), np.float32))
+    with pytest.raises(InputError, match="2D image"):
+        fuse([grey_volume, grey_volume], model="average")

@@ -492,3 +492,12 @@ def test_registry_is_complete_and_documented():
     for info in METRICS.values():
         assert info.function.__doc__ and "Range" in info.function.__doc__, info.key
         assert info.family in ("fused", "sources", "target")
+
+
+def test_float_fused_image_next_to_uint8_sources_is_read_on_their_scale():
+    # The README's call: a float fused image in [0, 1] scored against uint8 sources.
+    as_unit = evaluate(F / 255.0, [A, B], T)
+    as_grey = evaluate(F.astype(float), [A, B], T)
+    assert as_unit == pytest.approx(as_grey)
+    with pytest.raises(InputError, match="0-255 scale"):
+        evaluate(F.astype(float) * 10, [A, B])

@@ -130,10 +130,10 @@ class FusionModel:
         :param stride: block step (default n / 2).
         :param batch_blocks: blocks per forward pass in block mode (bounds memory).
         """
-        if inputs.ndim != 4 or not self.accepts(inputs.shape[1]):
-            raise InputError(
-                f"inputs: this model fuses {self.n_inputs} images, got {inputs.shape[1] if inputs.ndim == 4 else '?'}"
-            )
+        if inputs.ndim != 4:
+            raise InputError(f"inputs: expected a (batch, images, height, width) tensor, got shape {tuple(inputs.shape)}")
+        if not self.accepts(inputs.shape[1]):
+            raise InputError(f"inputs: this model fuses {self.n_inputs} images, got {inputs.shape[1]}")
         if self.family == "dbm":
             if block_size not in (None, self.block_size):
                 raise InputError(
@@ -223,9 +223,9 @@ class FusionModel:
             )
         try:
             info = ModelInfo(**json.loads(payload["info"]))
-            network = (BlockDBMNet if info.family == "dbm" else PyramidWeightCNN)(**info.config)
             if info.family not in NETWORKS:
                 raise ValueError(f"unknown model family {info.family!r}")
+            network = NETWORKS[info.family](**info.config)
             network.load_state_dict(payload["state_dict"])
         except Exception as error:
             raise InputError(f"model {path}: inconsistent model file ({error})") from None

@@ -60,7 +60,7 @@ class TripletDataset:
         for index, triplet in enumerate(triplets):
             label = triplet.name or f"triplet {index}"
             if len(triplet.inputs) != k or k < 2:
-                raise InputError(f"{label}: has {len(triplet.inputs)} inputs, expected {max(k, 2)} like the first")
+                raise InputError(f"{label}: has {len(triplet.inputs)} inputs; every triplet needs the same number, at least 2")
             for array in (*triplet.inputs, triplet.target):
                 if array.ndim != 2 or array.shape != triplet.target.shape:
                     raise InputError(f"{label}: inputs and target must be 2D images of one shape")
@@ -177,6 +177,9 @@ def _check_config(config: TrainingConfig) -> None:
             raise InputError(f"training {name}: expected a positive integer, got {value!r}")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise InputError(f"training learning_rate: expected a positive number, got {config.learning_rate!r}")
+    if config.patience is not None and (isinstance(config.patience, bool) or not isinstance(config.patience, int)
+                                        or config.patience < 1):
+        raise InputError(f"training patience: expected a positive integer or None, got {config.patience!r}")
     if not 0 <= config.validation_fraction < 1:
         raise InputError(f"training validation_fraction: expected [0, 1), got {config.validation_fraction!r}")
 
@@ -255,8 +258,7 @@ def train(
                     best_state = copy.deepcopy(network.state_dict())
                     stale = 0
                     if config.checkpoint:
-                        model.network.load_state_dict(best_state)
-                        model.save(config.checkpoint)
+                        model.save(config.checkpoint)  # model.network is the network being trained
                 else:
                     stale += 1
                 report(iteration / config.iterations, f"iteration {iteration}: loss {loss.item():.5f}, validation {val_loss:.5f}")

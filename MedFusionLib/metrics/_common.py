@@ -4,7 +4,9 @@ Intensity convention (applied jointly to every image of one metric call, so the
 fused image and its sources or target stay comparable):
 
 1. ``data_range=(lo, hi)`` given: ``(x - lo) / (hi - lo) * 255``, clipped to [0, 255].
-2. every image is ``uint8`` or ``bool``: used as is (``True`` -> 255).
+2. every image is ``uint8`` or ``bool``: used as is (``True`` -> 255). When only some
+   are, they fix the scale and each other image is read on it by itself: values in
+   [0, 1] x255, values in [0, 255] as is, anything else is an error.
 3. every value lies in [0, 1]: multiplied by 255 (floats normalised to unit range).
 4. every value lies in [0, 255]: used as is.
 5. otherwise (CT in HU, 16-bit MRI, arbitrary floats): joint min-max to [0, 255].
@@ -59,8 +61,13 @@ def to_score_scale(
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
             raise InputError(f"data_range: expected (lo, hi) with lo < hi, got {data_range!r}")
         return [np.clip((a - lo) * (SCORE_MAX / (hi - lo)), 0.0, SCORE_MAX) for a in arrays]
-    if all(o.dtype == np.uint8 or o.dtype == bool for o in originals):
+    eight_bit = [o.dtype == np.uint8 or o.dtype == bool for o in originals]
+    if all(eight_bit):
         return [a * SCORE_MAX if o.dtype == bool else a for a, o in zip(arrays, originals)]
+    if any(eight_bit):
+        # 8-bit images fix the scale at 0-255, so each other image is read on it by itself:
+        # a float fused image in [0, 1] next to uint8 sources is x255 (rule 3 per image).
+        return [_on_eight_bit_scale(a, o, name) for a, o, name in zip(arrays, originals, names)]
     lo = min(float(a.min()) for a in arrays)
     hi = max(float(a.max()) for a in arrays)
     if lo >= 0.0 and hi <= 1.0:
@@ -71,6 +78,23 @@ def to_score_scale(
         return [np.zeros_like(a) for a in arrays]
     scale = SCORE_MAX / (hi - lo)
     return [(a - lo) * scale for a in arrays]
+
+
+def _on_eight_bit_scale(array: np.ndarray, original: np.ndarray, name: str) -> np.ndarray:
+    """One image of a group that also holds 8-bit images, put on their 0-255 scale."""
+    if original.dtype == np.uint8:
+        return array
+    if original.dtype == bool:
+        return array * SCORE_MAX
+    lo, hi = float(array.min()), float(array.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return array * SCORE_MAX
+    if lo >= 0.0 and hi <= SCORE_MAX:
+        return array
+    raise InputError(
+        f"{name}: values {lo:g}..{hi:g} do not fit the 0-255 scale of the 8-bit images beside it; "
+        "pass data_range=(lo, hi) or give all images on one scale"
+    )
 
 
 def prepare_single(image: object, data_range: tuple[float, float] | None) -> np.ndarray:
