@@ -1,0 +1,96 @@
+"""Property-based tests (Hypothesis): every metric is finite and inside its documented range for random
+valid inputs, and the source-based metrics do not depend on the order of the sources."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from MedFusionLib.metrics import METRICS, evaluate
+from MedFusionLib.metrics.structural import QABF_CONSTANTS
+
+_QABF_MAX = (QABF_CONSTANTS["gamma_g"] / (1 + math.exp(QABF_CONSTANTS["k_g"] * 0.5))
+             * QABF_CONSTANTS["gamma_a"] / (1 + math.exp(QABF_CONSTANTS["k_a"] * 0.2)))
+
+#: Documented ranges (see each function's docstring); K = number of sources.
+RANGES = {
+    "EN": lambda k: (0.0, 8.0),
+    "MEAN": lambda k: (0.0, 255.0),
+    "STD": lambda k: (0.0, 127.5),
+    "SF": lambda k: (0.0, 255.0 * math.sqrt(2)),
+    "GRAD": lambda k: (0.0, 255.0),
+    "EOG": lambda k: (0.0, 2 * 255.0**2),
+    "MI": lambda k: (0.0, k * math.log(256)),
+    "Q0": lambda k: (-1.0, 1.0),
+    "QW": lambda k: (-1.0, 1.0),
+    "QE": lambda k: (0.0, 1.0),
+    "QABF": lambda k: (0.0, _QABF_MAX),
+    "SSIM_S": lambda k: (-float(k), float(k)),
+    "VIF": lambda k: (0.0, math.inf),
+    "FMI": lambda k: (-0.05, 1.05),  # fmi.m's joint-entropy approximation can step slightly outside [0, 1]
+    "RMSE": lambda k: (0.0, 255.0),
+    "PSNR": lambda k: (0.0, math.inf),
+    "SSIM": lambda k: (-1.0, 1.0),
+    "REL": lambda k: (0.0, math.inf),
+    "CE": lambda k: (0.0, math.inf),
+    "H": lambda k: (0.0, 8.0),
+}
+SOURCE_METRICS = [k for k, m in METRICS.items() if m.family == "sources"]
+
+
+@st.composite
+def image_groups(draw):
+    """K sources, a fused image and a target of one random shape and dtype; smooth or noisy content."""
+    height = draw(st.integers(1, 40))
+    width = draw(st.integers(1, 40))
+    count = draw(st.integers(2, 3))
+    dtype = draw(st.sampled_from(["uint8", "uint16", "int16", "float32", "float64"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count + 2):
+        kind = draw(st.sampled_from(["noise", "constant", "ramp", "extreme"]))
+        if kind == "noise":
+            image = rng.random((height, width))
+        elif kind == "constant":
+            image = np.full((height, width), rng.random())
+        elif kind == "ramp":
+            image = np.add.outer(np.arange(height), np.arange(width)) / max(height + width - 2, 1)
+        else:
+            image = rng.integers(0, 2, (height, width)).astype(float)  # only the extremes
+        if dtype == "uint8":
+            image = np.rint(image * 255).astype(np.uint8)
+        elif dtype == "uint16":
+            image = np.rint(image * 65535).astype(np.uint16)
+        elif dtype == "int16":
+            image = np.rint(image * 4000 - 1024).astype(np.int16)  # CT-like, negative values
+        else:
+            image = image.astype(dtype)
+        images.append(image)
+    return images[0], images[1:-1], images[-1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(image_groups())
+def test_every_metric_is_finite_and_in_range(group):
+    fused, sources, target = group
+    results = evaluate(fused, sources, target)
+    for key, value in results.items():
+        low, high = RANGES[key](len(sources))
+        assert not math.isnan(value), key
+        if key not in ("PSNR", "REL"):  # the only metrics defined as inf (F = T, or a zero target)
+            assert math.isfinite(value), (key, value)
+        assert low - 1e-9 <= value <= high + 1e-9, (key, value, (low, high))
+
+
+@settings(max_examples=25, deadline=None)
+@given(image_groups())
+def test_source_metrics_do_not_depend_on_source_order(group):
+    fused, sources, _ = group
+    forward = evaluate(fused, sources, metrics=SOURCE_METRICS)
+    backward = evaluate(fused, sources[::-1], metrics=SOURCE_METRICS)
+    for key in SOURCE_METRICS:
+        assert math.isclose(forward[key], backward[key], rel_tol=1e-9, abs_tol=1e-9), key
