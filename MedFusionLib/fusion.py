@@ -23,8 +23,14 @@ from .engine.devices import inference_context, resolve_device
 from .engine.model import FusionModel
 from .errors import Cancelled, InputError
 from .io import LoadedImage
-from .preprocessing import Chroma, merge_luminance, percentile_normalise, split_luminance, standardise
-from .validation import source_name
+from .preprocessing import (
+    Chroma,
+    merge_luminance,
+    percentile_normalise,
+    split_luminance,
+    standardise,
+)
+from .validation import check_int, source_name
 
 #: The shipped default model (trained by ``medfusion train --recipe default``; see the README).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default_cnn.pt"
@@ -232,8 +238,8 @@ def fuse_volume(
         raise InputError("volumes: expected a list of at least 2 volumes")
     if isinstance(axis, bool) or axis not in (0, 1, 2):
         raise InputError(f"axis: expected 0, 1 or 2, got {axis!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size")
     if modalities is not None and len(modalities) != len(volumes):
         raise InputError(f"modalities: {len(modalities)} given for {len(volumes)} volumes")
     loaded = [v if isinstance(v, LoadedImage) else LoadedImage.from_array(np.asarray(v)) for v in volumes]

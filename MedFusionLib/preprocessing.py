@@ -41,7 +41,7 @@ import SimpleITK as sitk
 
 from .errors import Cancelled, InputError
 from .io import LoadedImage, _itk_message
-from .validation import BT601_LUMA, luminance
+from .validation import BT601_LUMA, check_int, luminance
 
 __all__ = [
     "DENOISE_METHODS",
@@ -142,12 +142,6 @@ def _positive_float(value: object, name: str) -> float:
     return float(value)
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise InputError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------- noise removal
 
 #: Names accepted by :func:`denoise`.
@@ -222,7 +216,7 @@ def denoise(image: ImageLike, method: str = "curvature_flow", **params: Any) -> 
     sitk_image = sitk.GetImageFromArray(source)  # unit spacing: parameters are in pixels
     label = f"denoise(method={method!r})"
     if method == "curvature_flow":
-        iterations = _positive_int(options["iterations"], f"{label} iterations")
+        iterations = check_int(options["iterations"], f"{label} iterations")
         time_step = options["time_step"]
         time_step = (0.125 if dim == 2 else 0.0625) if time_step is None else time_step
         time_step = _positive_float(time_step, f"{label} time_step")
@@ -235,7 +229,7 @@ def denoise(image: ImageLike, method: str = "curvature_flow", **params: Any) -> 
             sitk_image, variance=sigma * sigma, maximumKernelWidth=width, useImageSpacing=False
         )
     elif method == "median":
-        radius = _positive_int(options["radius"], f"{label} radius")
+        radius = check_int(options["radius"], f"{label} radius")
         result = sitk.Median(sitk_image, [radius] * dim)
     else:  # bilateral
         domain_sigma = _positive_float(options["domain_sigma"], f"{label} domain_sigma")
@@ -521,8 +515,8 @@ def register(
         if np.ptp(np.asarray(image.array)) == 0:
             raise InputError(f"{name}: the image is constant, there is nothing to register")
     model = _choice(transform, REGISTRATION_TRANSFORMS, "transform")
-    max_iterations = _positive_int(max_iterations, "max_iterations")
-    histogram_bins = _positive_int(histogram_bins, "histogram_bins")
+    max_iterations = check_int(max_iterations, "max_iterations")
+    histogram_bins = check_int(histogram_bins, "histogram_bins")
     sampling_percentage = _positive_float(sampling_percentage, "sampling_percentage")
     if sampling_percentage > 1.0:
         raise InputError(f"sampling_percentage: expected a fraction in (0, 1], got {sampling_percentage}")

@@ -6,6 +6,7 @@ Each failure raises :class:`~MedFusionLib.errors.InputError` naming the input.
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +15,24 @@ from .errors import InputError
 
 #: ITU-R BT.601 luma weights, used to score and fuse colour images on luminance.
 BT601_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def is_integer(value: object) -> bool:
+    """An integer of any kind (Python or NumPy), but not ``bool``: ``True`` as a size is always a bug."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as ``int`` if it is an integer >= ``minimum``, else raise :class:`InputError`.
+
+    :param value: the parameter value.
+    :param name: the parameter name for the error message.
+    :param minimum: the smallest value accepted.
+    """
+    if not is_integer(value) or value < minimum:
+        wanted = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise InputError(f"{name}: expected {wanted}, got {value!r}")
+    return int(value)
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:

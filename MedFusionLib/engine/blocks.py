@@ -57,7 +57,6 @@ Memory
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..validation import is_integer
 
 __all__ = [
     "HANN_FLOOR",
@@ -94,11 +94,6 @@ _MAX_LOW_PRECISION_OVERLAP = 16
 HANN_FLOOR = 1e-3
 
 
-def _is_int(value: object) -> bool:
-    # bool is an int subclass, but ``True`` as a block size is always a bug.
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def validate_block_size(n: int, image_shape: tuple[int, int] | None = None) -> int:
     """Return the block size ``n`` as an ``int``, or raise :class:`InputError`.
 
@@ -107,7 +102,7 @@ def validate_block_size(n: int, image_shape: tuple[int, int] | None = None) -> i
     :param image_shape: ``(height, width)`` of the image to cut; when given, ``n``
         must not exceed ``min(height, width)``.
     """
-    if not _is_int(n):
+    if not is_integer(n):
         raise InputError(
             f"block size: expected an integer power of two, got {n!r} ({type(n).__name__})"
         )
@@ -145,7 +140,7 @@ def validate_stride(stride: int, n: int) -> int:
     :param n: block size (validated with :func:`validate_block_size`).
     """
     n = validate_block_size(n)
-    if not _is_int(stride):
+    if not is_integer(stride):
         raise InputError(
             f"stride: expected an integer between 1 and the block size {n}, "
             f"got {stride!r} ({type(stride).__name__})"
@@ -193,11 +188,11 @@ class BlockGrid:
     def __post_init__(self) -> None:
         for name in ("height", "width", "padded_height", "padded_width", "blocks_y", "blocks_x"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise InputError(f"BlockGrid.{name}: expected a positive integer, got {value!r}")
         for name in ("pad_top", "pad_bottom", "pad_left", "pad_right"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_integer(value) or value < 0:
                 raise InputError(f"BlockGrid.{name}: expected a non-negative integer, got {value!r}")
         validate_block_size(self.n)
         validate_stride(self.stride, self.n)
@@ -225,7 +220,7 @@ class BlockGrid:
         :param stride: block step, ``1 <= stride <= n``; ``None`` means :func:`default_stride`.
         """
         for name, value in (("image height", height), ("image width", width)):
-            if not _is_int(value) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise InputError(f"{name}: expected a positive integer, got {value!r}")
         height, width = int(height), int(width)
         n = validate_block_size(n, (height, width))
@@ -478,7 +473,7 @@ def fuse_blockwise(
         raise InputError(f"block_fn: expected a callable, got {type(block_fn).__name__}")
     if weights not in WEIGHT_KINDS:
         raise InputError(f"weights: expected one of {', '.join(map(repr, WEIGHT_KINDS))}, got {weights!r}")
-    if batch_blocks is not None and (not _is_int(batch_blocks) or batch_blocks < 1):
+    if batch_blocks is not None and (not is_integer(batch_blocks) or batch_blocks < 1):
         raise InputError(f"batch_blocks: expected a positive integer or None, got {batch_blocks!r}")
     grid = BlockGrid.for_image(images.shape[-2], images.shape[-1], n, stride)
     blocks = extract_blocks(images, grid)

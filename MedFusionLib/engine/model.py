@@ -19,6 +19,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
+from ..validation import check_int
 from .blocks import default_stride, fuse_blockwise, validate_block_size, validate_stride
 from .devices import inference_context, resolve_device
 from .networks import NETWORKS, BlockDBMNet, PyramidWeightCNN
@@ -80,8 +81,7 @@ class FusionModel:
         """
         if family not in NETWORKS:
             raise InputError(f"family: expected one of {sorted(NETWORKS)}, got {family!r}")
-        if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 2:
-            raise InputError(f"n_inputs: expected an integer >= 2, got {n_inputs!r}")
+        n_inputs = check_int(n_inputs, "n_inputs", minimum=2)
         block_size = validate_block_size(block_size)
         if family == "dbm":
             network = BlockDBMNet(n_inputs=n_inputs, block_size=block_size, **config)

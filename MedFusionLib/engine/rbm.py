@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import Cancelled, InputError
+from ..validation import check_int, is_integer
 
 __all__ = [
     "DEFAULT_LR",
@@ -145,19 +146,8 @@ ProgressCallback = Callable[[float, str], Any]
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_int(value: object) -> bool:
-    # bool is an int subclass, but True as a layer size is always a bug.
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def _positive_int(value: object, name: str) -> int:
-    if not _is_int(value) or int(value) < 1:
-        raise InputError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_real(value: object, name: str, low: float, high: float | None = None,
@@ -238,8 +228,8 @@ class RBM(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        n_visible = _positive_int(n_visible, "n_visible")
-        n_hidden = _positive_int(n_hidden, "n_hidden")
+        n_visible = check_int(n_visible, "n_visible")
+        n_hidden = check_int(n_hidden, "n_hidden")
         if visible not in VISIBLE_TYPES:
             raise InputError(f"visible: expected one of {', '.join(map(repr, VISIBLE_TYPES))}, got {visible!r}")
         init_std = _check_real(init_std, "init_std", 0.0)
@@ -475,7 +465,7 @@ class RBM(nn.Module):
         v = self._check_visible(v)
         if v.ndim != 2 or v.shape[0] < 1:
             raise InputError(f"v: expected a non-empty (B, {self.n_visible}) batch, got {tuple(v.shape)}")
-        k = _positive_int(k, "k")
+        k = check_int(k, "k")
         lr = self.default_lr if lr is None else _check_real(lr, "lr", 0.0, low_inclusive=False)
         momentum = _check_real(momentum, "momentum", 0.0, 1.0)
         weight_decay = _check_real(weight_decay, "weight_decay", 0.0)
@@ -557,7 +547,7 @@ def _check_layer_sizes(layer_sizes: object) -> list[int]:
         raise InputError(f"layer_sizes: expected a list of positive integers, got {layer_sizes!r}")
     if len(layer_sizes) == 0:
         raise InputError("layer_sizes: expected at least one hidden layer size, got an empty list")
-    return [_positive_int(size, f"layer_sizes[{i}]") for i, size in enumerate(layer_sizes)]
+    return [check_int(size, f"layer_sizes[{i}]") for i, size in enumerate(layer_sizes)]
 
 
 def _check_lrs(lr: object, n_layers: int, first_visible: str) -> list[float]:
@@ -667,13 +657,13 @@ def pretrain_stack(
         raise InputError(f"visible: expected one of {', '.join(map(repr, VISIBLE_TYPES))}, got {visible!r}")
     data = _check_data(data, visible)
     sizes = _check_layer_sizes(layer_sizes)
-    epochs = _positive_int(epochs, "epochs")
-    batch_size = _positive_int(batch_size, "batch_size")
-    k = _positive_int(k, "k")
+    epochs = check_int(epochs, "epochs")
+    batch_size = check_int(batch_size, "batch_size")
+    k = check_int(k, "k")
     lrs = _check_lrs(lr, len(sizes), visible)
     momentum = _check_real(momentum, "momentum", 0.0, 1.0)
     final_momentum = _check_real(final_momentum, "final_momentum", 0.0, 1.0)
-    if not _is_int(momentum_switch_epoch) or momentum_switch_epoch < 0:
+    if not is_integer(momentum_switch_epoch) or momentum_switch_epoch < 0:
         raise InputError(f"momentum_switch_epoch: expected a non-negative integer, got {momentum_switch_epoch!r}")
     weight_decay = _check_real(weight_decay, "weight_decay", 0.0)
     _check_generator(generator, data.device)
@@ -834,7 +824,7 @@ def unroll(
             )
         if rbms[i].weight.device != rbms[0].weight.device or rbms[i].weight.dtype != rbms[0].weight.dtype:
             raise InputError(f"rbms[{i}]: is on a different device or dtype than rbms[0]")
-    n_outputs = _positive_int(n_outputs, "n_outputs")
+    n_outputs = check_int(n_outputs, "n_outputs")
     output_init_std = _check_real(output_init_std, "output_init_std", 0.0)
     device, dtype = rbms[0].weight.device, rbms[0].weight.dtype
     _check_generator(generator, device)

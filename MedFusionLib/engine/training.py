@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..validation import check_int
 from .devices import resolve_device
 from .rbm import TrainingCancelled, pretrain_stack
 
@@ -172,14 +173,11 @@ def fusion_loss(prediction: torch.Tensor, target: torch.Tensor, gradient_weight:
 
 def _check_config(config: TrainingConfig) -> None:
     for name in ("iterations", "batch_size", "validation_every", "validation_blocks"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"training {name}: expected a positive integer, got {value!r}")
+        check_int(getattr(config, name), f"training {name}")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise InputError(f"training learning_rate: expected a positive number, got {config.learning_rate!r}")
-    if config.patience is not None and (isinstance(config.patience, bool) or not isinstance(config.patience, int)
-                                        or config.patience < 1):
-        raise InputError(f"training patience: expected a positive integer or None, got {config.patience!r}")
+    if config.patience is not None:
+        check_int(config.patience, "training patience (or None)")
     if not 0 <= config.validation_fraction < 1:
         raise InputError(f"training validation_fraction: expected [0, 1), got {config.validation_fraction!r}")
 

@@ -33,11 +33,19 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MedFusionError
+from ..validation import is_integer
 from .blocks import validate_block_size
 from .model import FusionModel
 from .networks import NETWORKS
 from .rbm import TrainingCancelled
-from .training import CancelFlag, TrainingConfig, Triplet, TripletDataset, _check_config, fusion_loss
+from .training import (
+    CancelFlag,
+    TrainingConfig,
+    Triplet,
+    TripletDataset,
+    _check_config,
+    fusion_loss,
+)
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -113,7 +121,7 @@ class SearchSpace:
                 _choices(name, getattr(self, name))
         else:
             depth = self.dbm_depth
-            if not (isinstance(depth, (tuple, list)) and len(depth) == 2 and all(_is_int(v) for v in depth)
+            if not (isinstance(depth, (tuple, list)) and len(depth) == 2 and all(is_integer(v) for v in depth)
                     and 1 <= depth[0] <= depth[1]):
                 raise InputError(f"search space dbm_depth: expected (low, high) integers with 1 <= low <= high, got {depth!r}")
             _choices("dbm_first_widths", self.dbm_first_widths)
@@ -241,11 +249,11 @@ def tune(
     """
     if family not in NETWORKS:
         raise InputError(f"family: expected one of {sorted(NETWORKS)}, got {family!r}")
-    if not _is_int(n_trials) or n_trials < 1:
+    if not is_integer(n_trials) or n_trials < 1:
         raise InputError(f"n_trials: expected an integer >= 1, got {n_trials!r}")
     if timeout is not None and (not _is_number(timeout) or not (timeout > 0 and math.isfinite(timeout))):
         raise InputError(f"timeout: expected a positive number of seconds or None, got {timeout!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise InputError(f"seed: expected a non-negative integer, got {seed!r}")
     if not isinstance(dataset, TripletDataset):
         if not isinstance(dataset, Sequence) or not all(isinstance(t, Triplet) for t in dataset):
@@ -457,16 +465,12 @@ def _import_optuna() -> Any:
     return optuna
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _choices(name: str, values: Any) -> tuple[int, ...]:
-    if not isinstance(values, (tuple, list)) or not values or not all(_is_int(v) and v >= 1 for v in values):
+    if not isinstance(values, (tuple, list)) or not values or not all(is_integer(v) and v >= 1 for v in values):
         raise InputError(f"search space {name}: expected a non-empty list of positive integers, got {values!r}")
     return tuple(int(v) for v in values)
 

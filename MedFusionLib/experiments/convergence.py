@@ -30,6 +30,7 @@ import numpy as np
 
 from ..engine.training import TrainingHistory
 from ..errors import InputError
+from ..validation import check_int
 from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run
 
 STUDY = "convergence"
@@ -87,8 +88,7 @@ def load_history(source: TrainingHistory | str | os.PathLike) -> TrainingHistory
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """Trailing mean over ``window`` points; the first ``window - 1`` points average what exists so far."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise InputError(f"window: expected a positive integer, got {window!r}")
+    window = check_int(window, "window")
     array = np.asarray(values, dtype=np.float64)
     cumulative = np.concatenate([[0.0], np.cumsum(array)])
     index = np.arange(1, array.size + 1)

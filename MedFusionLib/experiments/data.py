@@ -23,6 +23,7 @@ import numpy as np
 
 from ..data.targets import EVALUATION_SEED_BASE, MODALITY_PAIRS, phantom_cases
 from ..errors import InputError
+from ..validation import check_int
 
 #: Pairs of the papers' experiments (CT-MRI and MRI-SPECT), used by ``quick`` runs.
 PAPER_PAIRS: tuple[tuple[str, str], ...] = (("CT", "MRI_T1"), ("MRI_T1", "SPECT"))
@@ -73,8 +74,7 @@ def phantom_dataset(
     :param shape: image shape (>= 32 x 32).
     :param data_seed: which held-out set (0, 1, ...).
     """
-    if isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0:
-        raise InputError(f"data_seed: expected a non-negative integer, got {data_seed!r}")
+    data_seed = check_int(data_seed, "data_seed", minimum=0)
     pairs = [tuple(p) for p in pairs]
     cases = phantom_cases(count_per_pair, tuple(shape), pairs, seed=EVALUATION_SEED_BASE + DATA_SEED_STRIDE * data_seed)
     return [

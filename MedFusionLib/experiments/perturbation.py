@@ -42,9 +42,27 @@ from ..data.targets import MODALITY_PAIRS
 from ..errors import InputError
 from ..fusion import Method
 from ..metrics import evaluate
-from ._common import DATA_RANGE, TIME_COLUMN, fuse_case, metric_columns, resolve_methods, score, \
-    seed_everything, spread, warm_up
-from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ..validation import check_int
+from ._common import (
+    DATA_RANGE,
+    TIME_COLUMN,
+    fuse_case,
+    metric_columns,
+    resolve_methods,
+    score,
+    seed_everything,
+    spread,
+    warm_up,
+)
+from ._run import (
+    ProgressCallback,
+    Row,
+    RunFolder,
+    StudyResult,
+    no_progress,
+    open_run,
+    resolved_device,
+)
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
 
 STUDY = "perturbation"
@@ -170,8 +188,7 @@ def perturbation_study(
     :param metrics: metric keys against the clean sources (and target).
     :param progress: ``progress(fraction, message)``.
     """
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise InputError(f"draws: expected a positive integer, got {draws!r}")
+    draws = check_int(draws, "draws")
     grid = _check_levels(FULL["levels"] if levels is None else levels)
     cases = check_cases(cases)
     chosen = resolve_methods(methods)

@@ -23,11 +23,27 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..data.targets import MODALITY_PAIRS
-from ..errors import InputError
 from ..fusion import Method
-from ._common import TIME_COLUMN, fuse_case, metric_columns, resolve_methods, score, seed_everything, spread, \
-    warm_up
-from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ..validation import check_int
+from ._common import (
+    TIME_COLUMN,
+    fuse_case,
+    metric_columns,
+    resolve_methods,
+    score,
+    seed_everything,
+    spread,
+    warm_up,
+)
+from ._run import (
+    ProgressCallback,
+    Row,
+    RunFolder,
+    StudyResult,
+    no_progress,
+    open_run,
+    resolved_device,
+)
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
 
 STUDY = "repeat"
@@ -65,8 +81,7 @@ def repeat_fusions(
         random numbers would then differ between repeats -- which is what this study detects).
     :param progress: ``progress(fraction, message)``.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise InputError(f"repeats: expected a positive integer, got {repeats!r}")
+    repeats = check_int(repeats, "repeats")
     cases = check_cases(cases)
     chosen = resolve_methods(methods)
     seed_everything(seed)

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..validation import check_int
 from ._common import DataRange
 from ._group import ScoredGroup
 
@@ -154,8 +155,7 @@ def feature_mutual_information(
     """
     if feature not in FMI_FEATURES:
         raise ValueError(f"feature: expected one of {FMI_FEATURES}, got {feature!r}")
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise ValueError(f"window: expected a positive integer, got {window!r}")
+    window = check_int(window, "window")
     return _feature_mutual_information(ScoredGroup.from_inputs(fused, sources, data_range=data_range), feature, window)
 
 
