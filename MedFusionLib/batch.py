@@ -73,6 +73,7 @@ from .fusion import (
     fuse_volume,
     load_method,
     to_unit_range,
+    unit_to_uint8,
 )
 from .io import LoadedImage, PathLike, atomic_output, read_image, write_image
 from .metrics import METRICS, evaluate, table_to_csv
@@ -691,7 +692,7 @@ def _write_2d(
 ) -> np.ndarray:
     """Write a [0, 1] result on the reference's 2D grid; return the array as stored."""
     if path.suffix.lower() in _UINT8_FORMATS:
-        stored = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+        stored = unit_to_uint8(image)
     else:
         stored = np.asarray(image, dtype=np.float32)
     loaded = LoadedImage(stored, reference.spacing, reference.origin, reference.direction, str(path), is_color)

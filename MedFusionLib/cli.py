@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from . import __version__
 from .errors import Cancelled, MedFusionError
@@ -53,15 +52,11 @@ class ProgressBar:
 # ----------------------------------------------------------------------------- commands
 
 
-def _fused_png(image: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def command_demo(args: argparse.Namespace) -> int:
     """Fuse the bundled examples with the default model and the baselines; print metrics."""
     from .baselines import BASELINES
     from .data.examples import example_path
-    from .fusion import fuse, fuse_volume
+    from .fusion import fuse, fuse_volume, unit_to_uint8
     from .io import read_image, write_image
     from .metrics import evaluate, format_table, metrics_table
 
@@ -76,12 +71,12 @@ def command_demo(args: argparse.Namespace) -> int:
         results[label] = {**evaluate(fused.image, [ct.array / 255.0, mri.array / 255.0], data_range=(0, 1)),
                           "time_s": fused.seconds}
         if method == "default":
-            write_image(_fused_png(fused.image), output / "fused_ct_mri.png", overwrite=True)
+            write_image(unit_to_uint8(fused.image), output / "fused_ct_mri.png", overwrite=True)
     print(format_table(metrics_table(results, id_column="method")))
 
     pet = read_image(example_path("pet_colour"))
     coloured = fuse([mri.array, pet.array])
-    write_image(_fused_png(coloured.colour), output / "fused_mri_pet_colour.png", overwrite=True, is_color=True)
+    write_image(unit_to_uint8(coloured.colour), output / "fused_mri_pet_colour.png", overwrite=True, is_color=True)
     print(f"\nMRI + pseudo-colour PET: fused on luminance, colour re-attached -> {output / 'fused_mri_pet_colour.png'}")
 
     volumes = [read_image(example_path("ct_volume")), read_image(example_path("mri_volume"))]
@@ -98,7 +93,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def command_fuse(args: argparse.Namespace) -> int:
     """Fuse 2 or more registered images or volumes into one output file."""
-    from .fusion import fuse, fuse_volume
+    from .fusion import fuse, fuse_volume, unit_to_uint8
     from .io import read_image, write_image
     from .preprocessing import denoise, register
 
@@ -124,7 +119,7 @@ def command_fuse(args: argparse.Namespace) -> int:
                       block_size=args.block_size, device=args.device, modalities=args.modality)
         image = result.colour if result.colour is not None else result.image
         if output.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-            image = _fused_png(image)
+            image = unit_to_uint8(image)
         write_image(image, output, reference=None if result.colour is not None else images[0],
                     overwrite=args.overwrite, protected_paths=protected, is_color=result.colour is not None)
         print(f"fused with {result.method} in {result.seconds:.3f} s")

@@ -95,6 +95,11 @@ def method_name(method: FusionModel | FusionBaseline) -> str:
     return f"{method.family} model" if isinstance(method, FusionModel) else method.name
 
 
+def unit_to_uint8(image: np.ndarray) -> np.ndarray:
+    """A [0, 1] result as 8-bit grey levels (``round(x * 255)``, clipped), for PNG/JPEG/BMP files and pictures."""
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def to_unit_range(image: np.ndarray, modality: str | None = None, name: str = "image") -> np.ndarray:
     """Standardise one grey image or volume to ``float32`` in [0, 1].
 

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..data.targets import MODALITY_PAIRS
-from ..fusion import Method
+from ..fusion import Method, unit_to_uint8
 from ..metrics import HIGHER, LOWER
 from ._common import TIME_COLUMN, direction, fuse_case, metric_columns, ranks, resolve_methods, score, \
     seed_everything, spread, warm_up
@@ -83,12 +83,12 @@ def compare_methods(
             rows.append({"group": case.name, "pair": case.pair, "method": label,
                          **score(result.image, case.inputs, case.target), TIME_COLUMN: result.seconds})
             if case.name in grid_index:
-                arrays[f"case{grid_index[case.name]}_method{m}"] = _to_uint8(result.image)
+                arrays[f"case{grid_index[case.name]}_method{m}"] = unit_to_uint8(result.image)
     for j, case in enumerate(grid):
         for k, image in enumerate(case.inputs):
-            arrays[f"case{j}_source{k}"] = _to_uint8(image)
+            arrays[f"case{j}_source{k}"] = unit_to_uint8(image)
         if case.target is not None:
-            arrays[f"case{j}_target"] = _to_uint8(case.target)
+            arrays[f"case{j}_target"] = unit_to_uint8(case.target)
     if arrays:
         arrays["cases"] = np.array([c.name for c in grid])
         arrays["methods"] = np.array([label for label, _ in chosen])
@@ -101,9 +101,6 @@ def compare_methods(
                        config, arrays)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """8-bit copy for the report's pictures only (keeps the run folder small); never scored."""
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _uniform(rows: list[Row]) -> list[Row]:
