@@ -75,7 +75,7 @@ from .fusion import (
     to_unit_range,
     unit_to_uint8,
 )
-from .io import LoadedImage, PathLike, atomic_output, read_image, write_image
+from .io import LoadedImage, PathLike, atomic_output, read_image, remove_stale_temporaries, write_image
 from .metrics import METRICS, evaluate, table_to_csv
 from .preprocessing import MODALITIES, split_luminance
 
@@ -187,7 +187,7 @@ class GroupList(list[Group]):
 
 
 def _resolve_manifest_path(cell: str, base: Path, where: str, column: str) -> Path:
-    """Resolve one manifest path cell against ``base``; it must name an existing regular file."""
+    """Resolve one manifest path cell against ``base``; it must name an existing file or folder (a DICOM series)."""
     # Path() takes the text literally: no ~, $VAR or glob expansion ever happens.
     candidate = Path(cell)
     if not candidate.is_absolute():
@@ -195,8 +195,8 @@ def _resolve_manifest_path(cell: str, base: Path, where: str, column: str) -> Pa
     resolved = candidate.resolve(strict=False)
     if not resolved.exists():
         raise InputError(f"{where}: {column} {cell!r} -> {resolved}: no such file")
-    if not resolved.is_file():
-        raise InputError(f"{where}: {column} {cell!r} -> {resolved}: not a regular file")
+    if not (resolved.is_file() or resolved.is_dir()):
+        raise InputError(f"{where}: {column} {cell!r} -> {resolved}: not a regular file or a folder")
     return resolved
 
 
@@ -788,6 +788,12 @@ def run_batch(
     folder = _prepare_output_dir(output_dir)
     candidates = [extension] if extension else [_DEFAULT_2D_FORMAT, _DEFAULT_3D_FORMAT]
     _check_no_output_is_an_input(group_list, folder, candidates)
+    # A batch killed mid-write leaves hidden temporary folders; the restart clears its own.
+    for group in group_list:
+        for candidate in candidates:
+            for path in _fused_paths(folder, group.name, candidate):
+                remove_stale_temporaries(path)
+    remove_stale_temporaries(folder / REPORT_NAME)
     report_path = folder / REPORT_NAME
     previous = _previous_rows(report_path)
     report = BatchReport()

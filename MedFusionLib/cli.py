@@ -93,37 +93,17 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def command_fuse(args: argparse.Namespace) -> int:
     """Fuse 2 or more registered images or volumes into one output file."""
-    from .fusion import fuse, fuse_volume, unit_to_uint8
-    from .io import read_image, write_image
-    from .preprocessing import denoise, register
+    from .fusion import fuse_files
 
-    if len(args.inputs) < 2:
-        raise MedFusionError("fuse: give at least 2 input files")
-    images = [read_image(path) for path in args.inputs]
-    if args.modality and len(args.modality) != len(images):
-        raise MedFusionError(f"--modality: {len(args.modality)} given for {len(images)} inputs")
-    if args.denoise != "none":
-        images = [image if image.is_color else denoise(image, args.denoise) for image in images]
-    if args.register != "none":
-        images = [images[0]] + [register(images[0], moving, transform=args.register).resampled for moving in images[1:]]
-    protected = [Path(p) for p in args.inputs]
-    output = Path(args.output)
-    if images[0].dimension == 3:
-        bar = ProgressBar("fusing", enabled=not args.quiet)
-        volume = fuse_volume(images, model=args.method, axis=args.axis, block_size=args.block_size,
-                             device=args.device, modalities=args.modality, progress=bar)
+    bar = ProgressBar("fusing", enabled=not args.quiet)
+    try:
+        written = fuse_files(args.inputs, args.output, model=args.method, modalities=args.modality, axis=args.axis,
+                             register=args.register, denoise=args.denoise, block_size=args.block_size,
+                             device=args.device, overwrite=args.overwrite, progress=bar)
+    finally:
         bar.close()
-        write_image(volume, output, overwrite=args.overwrite, protected_paths=protected)
-    else:
-        result = fuse([image.array if not image.is_color else image for image in images], model=args.method,
-                      block_size=args.block_size, device=args.device, modalities=args.modality)
-        image = result.colour if result.colour is not None else result.image
-        if output.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-            image = unit_to_uint8(image)
-        write_image(image, output, reference=None if result.colour is not None else images[0],
-                    overwrite=args.overwrite, protected_paths=protected, is_color=result.colour is not None)
-        print(f"fused with {result.method} in {result.seconds:.3f} s")
-    print(f"wrote {output}")
+    print(f"fused with {written.method} in {written.seconds:.3f} s")
+    print(f"wrote {written.path}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The user-facing fusion API: :func:`fuse` for a 2D group, :func:`fuse_volume` for 3D volumes.
+"""The user-facing fusion API: :func:`fuse` for a 2D group, :func:`fuse_volume` for 3D volumes,
+:func:`fuse_files` from image/volume files to an output file.
 
 Both accept the shipped default model (``model="default"``), a model file, a
 :class:`~MedFusionLib.engine.model.FusionModel`, or a built-in baseline by name
@@ -22,7 +23,7 @@ from .baselines import BASELINES, FusionBaseline, get_baseline
 from .engine.devices import inference_context, resolve_device
 from .engine.model import FusionModel
 from .errors import Cancelled, InputError
-from .io import LoadedImage
+from .io import LoadedImage, PathLike, check_output_path, read_image, remove_stale_temporaries, write_image
 from .preprocessing import (
     Chroma,
     merge_luminance,
@@ -301,3 +302,110 @@ def fuse_volume(
                 progress(stop / count, f"fused slices {stop}/{count}")
     np.clip(fused, 0.0, 1.0, out=fused)  # in place: a second volume-sized array would cost memory
     return LoadedImage(np.moveaxis(fused, 0, axis), reference.spacing, reference.origin, reference.direction)
+
+
+#: File extensions written as 8-bit grey levels (``round(255 * fused)``); others hold float32 in [0, 1].
+EIGHT_BIT_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class WrittenFusion:
+    """What :func:`fuse_files` wrote.
+
+    :param path: the output file.
+    :param method: what fused it.
+    :param seconds: wall time of the fusion itself.
+    :param dimension: 2 (an image) or 3 (a volume).
+    """
+
+    path: Path
+    method: str
+    seconds: float
+    dimension: int
+
+
+def fuse_files(
+    inputs: Sequence[PathLike],
+    output: PathLike,
+    model: Method = "default",
+    *,
+    modalities: Sequence[str | None] | None = None,
+    axis: int = 0,
+    register: str = "none",
+    denoise: str = "none",
+    block_size: int | None = None,
+    device: str | torch.device | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> WrittenFusion:
+    """Read K >= 2 registered images or volumes, fuse them, write the result atomically.
+
+    What ``medfusion fuse`` does, for scripts. The output is checked before any work
+    (never an input, never an existing file unless ``overwrite``, folder writable), the
+    inputs are only read, and the output appears whole or not at all: a failure or a
+    cancel leaves the disk as it was.
+
+    2D inputs go through :func:`fuse` (a colour input is fused on luminance and the
+    result written in colour); 3D inputs through :func:`fuse_volume`, the output on
+    the first input's grid. PNG/JPEG/BMP/TIFF outputs hold ``uint8 = round(255 * fused)``,
+    NIfTI/NRRD/MHA ``float32`` in [0, 1].
+
+    :param inputs: image files (PNG, TIFF, JPEG, ...), volume files (NIfTI, NRRD, MHA) or DICOM series folders.
+    :param output: the file to write; its extension picks the format.
+    :param model: as in :func:`fuse`.
+    :param modalities: optional modality per input for standardisation (see :func:`fuse`).
+    :param axis: for volumes, the array axis to slice along.
+    :param register: ``"none"``, ``"rigid"`` or ``"affine"``: register inputs 2.. onto input 1 first.
+    :param denoise: ``"none"`` or a :func:`~MedFusionLib.preprocessing.denoise` method, applied to grey inputs.
+    :param block_size: as in :func:`fuse`.
+    :param device: as in :func:`fuse`.
+    :param overwrite: replace an existing output file.
+    :param progress: ``progress(fraction, message)`` (volumes: after every slice batch).
+    :param cancel: ``cancel.is_set()`` is polled; raises :class:`FusionCancelled`, nothing written.
+    :returns: a :class:`WrittenFusion`.
+    :raises InputError: unreadable input, mismatched inputs, bad option, refused output.
+    """
+    from .preprocessing import denoise as denoise_image
+    from .preprocessing import register as register_image
+
+    if isinstance(inputs, (str, bytes, Path)) or len(inputs) < 2:
+        raise InputError("inputs: give at least 2 input files")
+    if modalities is not None and len(modalities) != len(inputs):
+        raise InputError(f"modalities: {len(modalities)} given for {len(inputs)} inputs")
+    protected = [Path(p) for p in inputs]
+    check_output_path(output, overwrite, protected)  # refuse a bad destination before the work
+    remove_stale_temporaries(output)  # what a killed earlier run of this command left
+    method = load_method(model)
+    images = [read_image(path) for path in inputs]
+    if len({image.dimension for image in images}) > 1:
+        shapes = ", ".join(f"{Path(p).name}: {image.dimension}D" for p, image in zip(inputs, images))
+        raise InputError(f"inputs: mixed 2D images and 3D volumes ({shapes})")
+    if denoise != "none":
+        images = [image if image.is_color else denoise_image(image, denoise) for image in images]
+    if register != "none":
+        images = [images[0]] + [register_image(images[0], moving, transform=register).resampled for moving in images[1:]]
+    if cancel is not None and cancel.is_set():
+        raise FusionCancelled("fusion cancelled")
+    if images[0].dimension == 3:
+        start = time.perf_counter()
+        volume = fuse_volume(images, model=method, axis=axis, block_size=block_size, device=device,
+                             modalities=modalities, progress=progress, cancel=cancel)
+        seconds, dimension, name = time.perf_counter() - start, 3, method_name(method)
+        to_write, reference, is_colour = volume, None, False
+    else:
+        result = fuse([image.array if not image.is_color else image for image in images], model=method,
+                      block_size=block_size, device=device, modalities=modalities)
+        seconds, dimension, name = result.seconds, 2, result.method
+        is_colour = result.colour is not None
+        to_write = result.colour if is_colour else result.image
+        reference = None if is_colour else images[0]
+        if Path(output).suffix.lower() in EIGHT_BIT_OUTPUTS:
+            to_write = unit_to_uint8(to_write)
+        if progress is not None:
+            progress(1.0, "fused")
+    if cancel is not None and cancel.is_set():
+        raise FusionCancelled("fusion cancelled before writing; nothing was written")
+    path = write_image(to_write, output, reference=reference, overwrite=overwrite, protected_paths=protected,
+                       is_color=is_colour if dimension == 2 else None)
+    return WrittenFusion(Path(path), name, seconds, dimension)

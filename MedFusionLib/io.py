@@ -56,6 +56,8 @@ __all__ = [
     "read_image",
     "write_image",
     "atomic_output",
+    "check_output_path",
+    "remove_stale_temporaries",
     "list_dicom_series",
     "cast_array",
     "CAST_RULES",
@@ -301,6 +303,7 @@ def _read_dicom_directory(name: str, series_id: str | None) -> sitk.Image:
             listing = "; ".join(s.summary() for s in series)
             raise InputError(f"{name}: no DICOM series {series_id!r}; available: {listing}")
         chosen = matches[0]
+    _refuse_unreadable_slices(name, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     reader.MetaDataDictionaryArrayUpdateOn()  # keep each slice's position for the check below
@@ -324,6 +327,27 @@ def _read_dicom_directory(name: str, series_id: str | None) -> sitk.Image:
             stacklevel=3,
         )
     return image
+
+
+def _refuse_unreadable_slices(name: str, series: Sequence[DicomSeries]) -> None:
+    """Refuse a folder holding DICOM files that no series could take: a truncated or corrupt slice.
+
+    GDCM leaves a file it cannot parse out of every series without a word, so the volume
+    would silently miss that slice. A file counts as DICOM by its ``DICM`` magic or its
+    extension; anything else in the folder (notes, DICOMDIR-like indexes) is ignored.
+    """
+    listed = {os.path.realpath(f) for s in series for f in s.files}
+    for entry in sorted(os.listdir(name)):
+        path = os.path.join(name, entry)
+        if not os.path.isfile(path) or os.path.realpath(path) in listed or entry.upper() == "DICOMDIR":
+            continue
+        with open(path, "rb") as handle:
+            magic = handle.read(132)[128:]
+        if magic == b"DICM" or entry.lower().endswith((".dcm", ".dicom", ".ima")):
+            raise InputError(
+                f"{name}: the DICOM file {entry} cannot be read (truncated or corrupt), so the series "
+                "would miss a slice; replace or remove that file"
+            )
 
 
 #: Relative variation of the DICOM slice spacing above which :func:`read_image` warns.
@@ -930,6 +954,61 @@ def _move_into_place(source: str, destination: str, overwrite: bool) -> None:
     os.unlink(source)
 
 
+def check_output_path(path: PathLike, overwrite: bool = False, protected_paths: Iterable[PathLike] = ()) -> str:
+    """Check, before any long work, that ``path`` can be written; return its folder.
+
+    The same checks :func:`atomic_output` makes when it starts, so a caller can refuse a
+    bad destination before spending minutes on a fusion whose result could not be kept.
+
+    :param path: the file to write.
+    :param overwrite: whether an existing file at ``path`` may be replaced.
+    :param protected_paths: inputs that ``path`` may never be.
+    :raises InputError: folder path, missing/unwritable folder, an input, or existing without ``overwrite``.
+    """
+    name = os.fspath(path)
+    if not os.path.basename(name):
+        raise InputError(f"{name}: expected a file name, got a folder path")
+    folder = os.path.dirname(os.path.abspath(name))
+    if not os.path.isdir(folder):
+        raise InputError(
+            f"{folder}: the output folder does not exist"
+            if not os.path.exists(folder)
+            else f"{folder}: the output folder is not a directory"
+        )
+    _check_destination(name, overwrite, [os.fspath(p) for p in protected_paths], name)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: the output folder is not writable")
+    return folder
+
+
+def remove_stale_temporaries(path: PathLike) -> list[str]:
+    """Remove the hidden temporary folders a killed writer of ``path`` left behind.
+
+    :func:`atomic_output` writes into ``.<name>.<random>.tmp/`` next to ``path``; a process
+    killed mid-write (SIGKILL, power cut) cannot remove it. Re-running the same job calls
+    this first, so the folder ends up holding only finished files. Only folders of exactly
+    that pattern for this file name are touched.
+
+    :param path: the final file whose leftovers to remove.
+    :returns: the names removed.
+    """
+    name = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(name)) or "."
+    prefix = f".{os.path.basename(name)}."
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        candidate = os.path.join(folder, entry)
+        if entry.startswith(prefix) and entry.endswith(".tmp") and os.path.isdir(candidate) \
+                and not os.path.islink(candidate):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(
     path: PathLike,
@@ -959,18 +1038,7 @@ def atomic_output(
     """
     name = os.fspath(path)
     protected = [os.fspath(p) for p in protected_paths]
-    if not os.path.basename(name):
-        raise InputError(f"{name}: expected a file name, got a folder path")
-    folder = os.path.dirname(os.path.abspath(name))
-    if not os.path.isdir(folder):
-        raise InputError(
-            f"{folder}: the output folder does not exist"
-            if not os.path.exists(folder)
-            else f"{folder}: the output folder is not a directory"
-        )
-    _check_destination(name, overwrite, protected, name)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{folder}: the output folder is not writable")
+    folder = check_output_path(name, overwrite, protected)
     try:
         work = tempfile.mkdtemp(prefix=f".{os.path.basename(name)}.", suffix=".tmp", dir=folder)
     except OSError as exc:

@@ -131,6 +131,8 @@ def _manifest(tmp_path: Path, text: str) -> Path:
         if not (tmp_path / name).exists():
             _png(tmp_path / name, len(name))
     (tmp_path / "folder.png").mkdir(exist_ok=True)
+    if hasattr(os, "mkfifo") and not (tmp_path / "pipe.png").exists():
+        os.mkfifo(tmp_path / "pipe.png")
     path = tmp_path / "m.csv"
     path.write_text(text, encoding="utf-8")
     return path
@@ -141,7 +143,7 @@ def _manifest(tmp_path: Path, text: str) -> Path:
     [
         ("name,input_1,input_2\nx,a.png,b.png\nX,b.png,c.png\n", r"line 3 \(case 'X'\): duplicate case name"),
         ("name,input_1,input_2\nx,a.png,missing.png\n", r"line 2 \(case 'x'\): input_2 'missing.png' .*no such file"),
-        ("name,input_1,input_2\nx,a.png,folder.png\n", r"line 2 .*not a regular file"),
+        ("name,input_1,input_2\nx,a.png,pipe.png\n", r"line 2 .*not a regular file or a folder"),
         ("name,input_1,input_2\nx,a.png,\n", r"line 2 \(case 'x'\): at least 2 inputs are needed, got 1"),
         ("name,input_1,input_2,input_3\nx,a.png,b.png,c.png\ny,a.png,b.png,\n", r"line 3 \(case 'y'\): 2 inputs, but line 2 has 3"),
         ("name,input_1,input_2,input_3\nx,a.png,,c.png\n", r"line 2 .*input_2 is empty"),
@@ -441,3 +443,14 @@ def test_unwritable_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     finally:
         locked.chmod(0o700)
     assert list(locked.iterdir()) == []
+
+
+def test_manifest_accepts_a_dicom_series_folder(tmp_path: Path) -> None:
+    """A folder in a manifest is a DICOM series: accepted when the manifest is read, read as a volume later."""
+    (tmp_path / "series").mkdir()
+    _png(tmp_path / "b.png", 3)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("name,input_1,input_2\nx,series,b.png\n")
+    assert groups_from_manifest(manifest)[0].inputs[0] == (tmp_path / "series").resolve()
+    report = run_batch(groups_from_manifest(manifest), tmp_path / "out", METHOD)
+    assert report.rows[0].status == "failed" and "holds no DICOM series" in report.rows[0].error

@@ -70,12 +70,18 @@ class FusionModel:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def create(cls, family: str = "cnn", n_inputs: int = 2, block_size: int = 64, **config: Any) -> "FusionModel":
+    def create(
+        cls, family: str = "cnn", n_inputs: int = 2, block_size: int = 64, seed: int | None = None, **config: Any
+    ) -> "FusionModel":
         """A new, untrained model.
 
         :param family: ``"cnn"`` (multi-scale weight CNN) or ``"dbm"`` (RBM-initialised block network).
         :param n_inputs: K, the number of inputs fused together.
         :param block_size: n, the training block size (the DBM's fixed block size).
+        :param seed: seed of the initial weights (torch's global generator is left as it was);
+            None draws them from torch's global generator. With a seed, the same creation and
+            ``fit`` with the same :class:`~MedFusionLib.engine.training.TrainingConfig` seed give
+            bit-identical weights on the CPU.
         :param config: further network arguments (``levels``, ``width``, ``hidden`` for the CNN;
             ``layer_sizes`` for the DBM).
         """
@@ -83,10 +89,17 @@ class FusionModel:
             raise InputError(f"family: expected one of {sorted(NETWORKS)}, got {family!r}")
         n_inputs = check_int(n_inputs, "n_inputs", minimum=2)
         block_size = validate_block_size(block_size)
-        if family == "dbm":
-            network = BlockDBMNet(n_inputs=n_inputs, block_size=block_size, **config)
+        def build() -> torch.nn.Module:
+            if family == "dbm":
+                return BlockDBMNet(n_inputs=n_inputs, block_size=block_size, **config)
+            return PyramidWeightCNN(n_inputs=n_inputs, **config)
+
+        if seed is None:
+            network = build()
         else:
-            network = PyramidWeightCNN(n_inputs=n_inputs, **config)
+            with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's generator
+                torch.manual_seed(check_int(seed, "seed", minimum=0))
+                network = build()
         return cls(network, ModelInfo(family=family, config=network.config(), block_size=block_size))
 
     @property

@@ -121,7 +121,8 @@ class TrainingConfig:
     :param validation_every: steps between validations.
     :param validation_blocks: number of fixed validation blocks.
     :param patience: validations without improvement before stopping; None never stops early.
-    :param seed: seeds data sampling, initialisation and augmentation.
+    :param seed: seeds the train/validation split, block sampling, augmentation and (DBM) the RBM
+        pre-training; the network's initial weights are seeded by ``FusionModel.create(seed=...)``.
     :param device: None/"auto" (CUDA when present), "cpu", "cuda".
     :param checkpoint: optional path; the best model so far is written there at every improvement.
     :param pretrain_epochs: DBM only: contrastive-divergence epochs per RBM layer.
