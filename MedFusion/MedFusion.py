@@ -26,6 +26,7 @@ from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import (
     Choice,
+    WithinRange,
     parameterNodeWrapper,
 )
 
@@ -40,6 +41,11 @@ SLICE_AXIS_CHOICES = ["K", "J", "I"]  # array axis 0, 1, 2 (K is axial for an ax
 DEVICE_CHOICES = ["auto", "cpu", "gpu"]
 REGISTRATION_CHOICES = ["none", "rigid", "affine"]
 DENOISE_CHOICES = ["none", "curvature_flow", "gaussian", "median", "bilateral"]
+#: Train section: where the training cases come from, the model families (``MedFusionSlicerLib.TRAINING_FAMILIES``)
+#: and the training block sizes ("auto": the family's default, reduced to fit the slices).
+TRAINING_SOURCE_CHOICES = ["scene volumes", "folder"]
+TRAINING_FAMILY_CHOICES = ["cnn", "dbm"]
+TRAINING_BLOCK_SIZE_CHOICES = ["auto", "8", "16", "32", "64", "128"]
 
 #: Import name -> pip requirement of what MedFusionLib needs besides PyTorch (which comes through
 #: the PyTorch extension's PyTorchUtils, matched to the GPU driver). Same lines as Resources/requirements.txt.
@@ -91,6 +97,8 @@ Fuse two or more registered volumes of different modalities (CT and MRI, MRI and
 into one volume with a supervised deep network, and measure the fusion quality (Q<sup>AB/F</sup>,
 mutual information, SSIM, ... and, given a target volume, RMSE, PSNR and more).
 Fusion runs in the background with a progress bar and can be cancelled.
+The Train section trains your own model from volumes in the scene (inputs and a target) or from a
+folder of training cases; the trained model then becomes the fusion method.
 See the <a href="https://github.com/medfusion/SlicerMedFusion#use-in-3d-slicer">module documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -126,6 +134,11 @@ class MedFusionParameterNode:
     denoise - noise removal applied to every input first.
     computeMetrics - fill the metrics tables and the plot.
     outputVolume, metricsTable, sliceTable, plotChart - where results go (created when empty).
+    trainingSource - train from the input volumes + trainingTargetVolume, or from trainingFolder.
+    trainingTargetVolume - the ideal fused volume of the inputs, to learn from.
+    trainingFolder - a folder of case folders (input_1.*, input_2.*, target.*) or a manifest CSV.
+    trainingFamily, trainingBlockSize, trainingIterations - what to train and for how long.
+    trainingOutputModel - the model file to write; selected as the fusion method once trained.
     """
 
     inputVolume1: vtkMRMLScalarVolumeNode
@@ -150,6 +163,13 @@ class MedFusionParameterNode:
     metricsTable: vtkMRMLTableNode
     sliceTable: vtkMRMLTableNode
     plotChart: vtkMRMLPlotChartNode
+    trainingSource: Annotated[str, Choice(TRAINING_SOURCE_CHOICES)] = "scene volumes"
+    trainingTargetVolume: vtkMRMLScalarVolumeNode
+    trainingFolder: pathlib.Path
+    trainingFamily: Annotated[str, Choice(TRAINING_FAMILY_CHOICES)] = "cnn"
+    trainingBlockSize: Annotated[str, Choice(TRAINING_BLOCK_SIZE_CHOICES)] = "auto"
+    trainingIterations: Annotated[int, WithinRange(1, 100000)] = 300
+    trainingOutputModel: pathlib.Path
 
 
 #
@@ -171,6 +191,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None  # the BackgroundFusion in progress, if any
         self._pollTimer = None
+        self._trainingRun = None  # the BackgroundTraining in progress, if any
+        self._trainingPollTimer = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -197,6 +219,11 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.setInterval(100)
         self._pollTimer.connect("timeout()", self.onPollFusion)
         self.ui.progressBar.setVisible(False)
+        # Training runs the same way: a background thread, polled by its own timer.
+        self._trainingPollTimer = qt.QTimer()
+        self._trainingPollTimer.setInterval(200)
+        self._trainingPollTimer.connect("timeout()", self.onPollTraining)
+        self.ui.trainProgressBar.setVisible(False)
 
         # Connections
 
@@ -206,6 +233,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # Buttons
         self.ui.fuseButton.connect("clicked(bool)", self.onFuseButton)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -213,6 +241,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         self._abandonRun()
+        self._abandonTraining()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -230,7 +259,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
-        # The nodes a running fusion would write to are about to disappear: stop it.
+        # The nodes a running fusion would write to are about to disappear: stop it. A running
+        # training goes on: it copied its volumes out of the scene and writes only its model file.
         self._abandonRun()
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
@@ -277,8 +307,16 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self.ui.modelFilePathLineEdit.setEnabled(bool(p) and p.method == "model file")
         self.ui.metricsTableSelector.setEnabled(bool(p) and p.computeMetrics)
-        if self._run is not None:
-            return  # the button is the Cancel button while a fusion runs
+        fromFolder = bool(p) and p.trainingSource == "folder"
+        self.ui.trainingTargetVolumeSelector.setEnabled(bool(p) and not fromFolder)
+        self.ui.trainingFolderPathLineEdit.setEnabled(fromFolder)
+        # While a run is in progress its button is its Cancel button: leave that one alone.
+        if self._run is None:
+            self._checkCanFuse(p)
+        if self._trainingRun is None:
+            self._checkCanTrain(p)
+
+    def _checkCanFuse(self, p: Optional[MedFusionParameterNode]) -> None:
         inputs = [v for v in ([p.inputVolume1, p.inputVolume2, p.inputVolume3, p.inputVolume4] if p else []) if v]
         if not p or not p.inputVolume1 or not p.inputVolume2:
             self.ui.fuseButton.toolTip = _("Select input volumes 1 and 2")
@@ -292,9 +330,46 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif p.method == "model file" and not p.modelFile.is_file():
             self.ui.fuseButton.toolTip = _("Choose a model file")
             self.ui.fuseButton.enabled = False
+        elif self._trainingRun is not None:
+            # One run at a time: both would share the CPU/GPU, and the model being trained is not there yet.
+            self.ui.fuseButton.toolTip = _("A model is being trained; wait for it or cancel it (Train section)")
+            self.ui.fuseButton.enabled = False
         else:
             self.ui.fuseButton.toolTip = _("Fuse the input volumes (runs in the background; click again to cancel)")
             self.ui.fuseButton.enabled = True
+
+    @staticmethod
+    def _isChosenPath(path: pathlib.Path) -> bool:
+        """An empty ctkPathLineEdit reads as pathlib.Path() == '.', which is not a choice."""
+        return str(path).strip() not in ("", ".")
+
+    def _checkCanTrain(self, p: Optional[MedFusionParameterNode]) -> None:
+        fromScene = bool(p) and p.trainingSource == "scene volumes"
+        inputs = [v for v in ([p.inputVolume1, p.inputVolume2, p.inputVolume3, p.inputVolume4] if p else []) if v]
+        if not p:
+            self.ui.trainButton.toolTip = ""
+            self.ui.trainButton.enabled = False
+        elif fromScene and (not p.inputVolume1 or not p.inputVolume2):
+            self.ui.trainButton.toolTip = _("Select input volumes 1 and 2 (Inputs section) to learn from")
+            self.ui.trainButton.enabled = False
+        elif fromScene and not p.trainingTargetVolume:
+            self.ui.trainButton.toolTip = _("Select the target volume: the ideal fused volume of the inputs")
+            self.ui.trainButton.enabled = False
+        elif fromScene and p.trainingTargetVolume.GetID() in {v.GetID() for v in inputs}:
+            self.ui.trainButton.toolTip = _("The target volume must not be one of the inputs")
+            self.ui.trainButton.enabled = False
+        elif not fromScene and not (self._isChosenPath(p.trainingFolder) and p.trainingFolder.exists()):
+            self.ui.trainButton.toolTip = _("Choose a folder of training cases")
+            self.ui.trainButton.enabled = False
+        elif not self._isChosenPath(p.trainingOutputModel) or p.trainingOutputModel.suffix.lower() != ".pt":
+            self.ui.trainButton.toolTip = _("Choose the model file to write (.pt)")
+            self.ui.trainButton.enabled = False
+        elif self._run is not None:
+            self.ui.trainButton.toolTip = _("A fusion is running; wait for it or cancel it")
+            self.ui.trainButton.enabled = False
+        else:
+            self.ui.trainButton.toolTip = _("Train a model (runs in the background; click again to cancel)")
+            self.ui.trainButton.enabled = True
 
     def onFuseButton(self) -> None:
         """Fuse when the button reads Fuse; cancel the running fusion when it reads Cancel."""
@@ -316,6 +391,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setVisible(True)
             self.ui.statusLabel.text = _("Fusing...")
             self._pollTimer.start()
+            self._checkCanApply()  # no training while fusing
 
     def onPollFusion(self) -> None:
         """Timer tick on the GUI thread: show progress; finish the run once its thread has ended."""
@@ -357,6 +433,90 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fuseButton.text = _("Fuse")
         self.ui.progressBar.setVisible(False)
         self._checkCanApply()
+
+    def onTrainButton(self) -> None:
+        """Train when the button reads Train; cancel the running training when it reads Cancel."""
+        if self._trainingRun is not None:
+            self._trainingRun.cancel()
+            self.ui.trainButton.enabled = False
+            self.ui.trainStatusLabel.text = _("Cancelling...")
+            return
+        p = self._parameterNode
+        overwrite = False
+        if p.trainingOutputModel.expanduser().is_file():
+            if not slicer.util.confirmOkCancelDisplay(
+                _("{path} already exists. Replace it with the model about to be trained?").format(
+                    path=p.trainingOutputModel),
+                _("MedFusion: replace model file"),
+            ):
+                return
+            overwrite = True
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the training."), waitCursor=True):
+            if not self.logic.setupPythonRequirements():
+                self.ui.trainStatusLabel.text = _("MedFusion needs its Python packages; training not started.")
+                return
+            job = self.logic.prepareTraining(**self.logic.trainingArgumentsFromParameterNode(p), overwrite=overwrite)
+            self._trainingRun = self.logic.startBackgroundTraining(job)
+            self.ui.trainButton.text = _("Cancel")
+            self.ui.trainButton.toolTip = _("Stop the training; no model file is written")
+            self.ui.trainProgressBar.value = 0
+            self.ui.trainProgressBar.setVisible(True)
+            self.ui.trainStatusLabel.text = _("Training...")
+            self._trainingPollTimer.start()
+            self._checkCanApply()  # no fusion while training
+
+    def onPollTraining(self) -> None:
+        """Timer tick on the GUI thread: show progress; write the model once the training thread has ended."""
+        run = self._trainingRun
+        if run is None:
+            self._trainingPollTimer.stop()
+            return
+        fraction, message = run.progress
+        self.ui.trainProgressBar.value = int(round(100 * fraction))
+        if run.isRunning():
+            if not run.cancelEvent.is_set():
+                self.ui.trainStatusLabel.text = message
+            return
+        self._trainingPollTimer.stop()
+        self._trainingRun = None
+        self._resetTrainButton()
+        from MedFusionLib.errors import Cancelled
+
+        try:
+            result = run.finish()
+        except Cancelled:
+            self.ui.trainStatusLabel.text = _("Cancelled: no model file was written.")
+            return
+        except Exception as error:
+            self.ui.trainStatusLabel.text = _("Failed: no model file was written.")
+            slicer.util.errorDisplay(_("Training failed: {error}").format(error=error))
+            logging.exception("MedFusion training failed")
+            return
+        if self._parameterNode:
+            # The new model becomes the fusion method, so the next Fuse uses it.
+            self._parameterNode.modelFile = result.modelPath
+            self._parameterNode.method = "model file"
+        self.ui.trainStatusLabel.text = _(
+            "Trained a {family} model on {slices} slices in {seconds:.0f} s (validation loss {loss:.4f}); "
+            "it is now the fusion method ('model file')."
+        ).format(family=result.family, slices=result.trainingSlices, seconds=result.seconds,
+                 loss=result.bestValidationLoss)
+
+    def _resetTrainButton(self) -> None:
+        self.ui.trainButton.text = _("Train")
+        self.ui.trainProgressBar.setVisible(False)
+        self._checkCanApply()
+
+    def _abandonTraining(self) -> None:
+        """Cancel a running training and drop it without writing a file (module cleanup)."""
+        if self._trainingRun is not None:
+            self._trainingRun.cancel()
+            self._trainingRun.wait(timeout=30)
+            self._trainingRun = None
+        if self._trainingPollTimer is not None:
+            self._trainingPollTimer.stop()
+        if hasattr(self, "ui"):
+            self._resetTrainButton()
 
     def _abandonRun(self) -> None:
         """Cancel a running fusion and drop it without writing anything (scene closing, module cleanup)."""
@@ -496,6 +656,65 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         """Check the inputs and copy them out of the scene (see ``MedFusionLogicCore.prepare``)."""
         return self.core.prepare(**kwargs)
 
+    @staticmethod
+    def trainingArgumentsFromParameterNode(p: MedFusionParameterNode) -> dict:
+        """Translate the Train section's parameters (and the inputs, modalities, slice axis, device and
+        resampling choices of the other sections) into :meth:`train` / core arguments."""
+        fromFolder = p.trainingSource == "folder"
+        inputs = [p.inputVolume1, p.inputVolume2, p.inputVolume3, p.inputVolume4]
+        modalities = [p.modality1, p.modality2, p.modality3, p.modality4]
+        used = [i for i, v in enumerate(inputs) if v is not None]
+        return dict(
+            outputModelPath=str(p.trainingOutputModel),
+            inputVolumeNodes=None if fromFolder else [inputs[i] for i in used],
+            targetVolumeNode=None if fromFolder else p.trainingTargetVolume,
+            trainingData=str(p.trainingFolder) if fromFolder else None,
+            family=p.trainingFamily,
+            iterations=p.trainingIterations,
+            blockSize=None if p.trainingBlockSize == "auto" else int(p.trainingBlockSize),
+            axis=SLICE_AXIS_CHOICES.index(p.sliceAxis),
+            device=p.device,
+            resampleToFirst=False if fromFolder else p.resampleToFirst,
+            modalities=None if fromFolder else [None if modalities[i] == "auto" else modalities[i] for i in used],
+        )
+
+    def prepareTraining(self, **kwargs):
+        """Check the training arguments and copy the volumes out of the scene (see ``MedFusionLogicCore.prepareTraining``)."""
+        return self.core.prepareTraining(**kwargs)
+
+    def startBackgroundTraining(self, job):
+        """Start training a prepared job in a background thread; returns a ``BackgroundTraining``."""
+        from MedFusionSlicerLib import BackgroundTraining
+
+        return BackgroundTraining(self.core, job).start()
+
+    def train(self, outputModelPath, inputVolumeNodes=None, targetVolumeNode=None, trainingData=None,
+              waitForCompletion: bool = True, **kwargs):
+        """
+        Train a fusion model from scene volumes or a training folder and write it to a file.
+        Can be used without GUI widget (batch scripts); never modifies the scene.
+
+        :param outputModelPath: the model file to write (.pt); never one of the training inputs.
+        :param inputVolumeNodes: two or more registered scalar volume nodes to learn from (with targetVolumeNode).
+        :param targetVolumeNode: the ideal fused volume of the inputs.
+        :param trainingData: instead of volumes, a folder of case folders (input_1.*, input_2.*, target.*)
+            or a manifest CSV.
+        :param waitForCompletion: True: train now and return a ``MedFusionTrainingResult``. False: start a
+            background thread and return its ``BackgroundTraining`` at once; poll ``isRunning()`` and call
+            ``finish()`` (which writes the file) on the main thread.
+        :param kwargs: the other arguments of ``MedFusionLogicCore.train`` (family, iterations, blockSize,
+            axis, device, resampleToFirst, progress, cancel, modalities, seed, overwrite).
+        """
+        if not waitForCompletion:
+            progress, cancel = kwargs.pop("progress", None), kwargs.pop("cancel", None)
+            if progress is not None or cancel is not None:
+                raise ValueError("progress/cancel: with waitForCompletion=False use the returned run's "
+                                 "progress and cancel()")
+            return self.startBackgroundTraining(self.prepareTraining(
+                outputModelPath=outputModelPath, inputVolumeNodes=inputVolumeNodes,
+                targetVolumeNode=targetVolumeNode, trainingData=trainingData, **kwargs))
+        return self.core.train(outputModelPath, inputVolumeNodes, targetVolumeNode, trainingData, **kwargs)
+
     def startBackgroundFusion(self, job):
         """Start the computation of a prepared job in a background thread; returns a ``BackgroundFusion``."""
         from MedFusionSlicerLib import BackgroundFusion
@@ -578,6 +797,8 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         self.test_MedFusion_default_model()
         self.setUp()
         self.test_MedFusion_refuses_output_equal_input()
+        self.setUp()
+        self.test_MedFusion_train_then_fuse()
 
     @staticmethod
     def _syntheticPair():
@@ -634,4 +855,26 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             MedFusionLogic().process([ct, mri], outputVolumeNode=mri, method="average")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.delayDisplay("Test passed")
+
+    def test_MedFusion_train_then_fuse(self):
+        import os
+
+        import numpy as np
+
+        self.delayDisplay("Starting the training test")
+        ct, mri, ijkToRAS = self._syntheticPair()
+        # A stand-in ideal fused volume: the voxel-wise maximum of the two, each scaled to [0, 1].
+        scaled = [(a - a.min()) / np.ptp(a) for a in (slicer.util.arrayFromVolume(v).astype(np.float32) for v in (ct, mri))]
+        target = slicer.util.addVolumeFromArray(np.maximum(*scaled), ijkToRAS, "ideal")
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        modelPath = os.path.join(slicer.app.temporaryPath, "MedFusionSelfTest.pt")
+        logic = MedFusionLogic()
+        result = logic.train(modelPath, [ct, mri], target, iterations=5, blockSize=16, overwrite=True)
+        self.assertTrue(os.path.isfile(modelPath))
+        self.assertEqual(result.trainingSlices, 8)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)  # training leaves the scene alone
+        fused = logic.process([ct, mri], method=modelPath, computeMetrics=False)
+        self.assertEqual(slicer.util.arrayFromVolume(fused.outputVolumeNode).shape, (8, 48, 40))
+        os.remove(modelPath)
         self.delayDisplay("Test passed")

@@ -35,6 +35,10 @@ MODULE_FILE = MODULE_DIR / "MedFusion.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedFusion.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "MedFusion.png"
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
+LOGIC_CORE_FILE = MODULE_DIR / "MedFusionSlicerLib" / "logic_core.py"
+# Screenshots are fetched by URL (Extensions Index, README), not installed with the module.
+SCREENSHOTS_DIR = MODULE_DIR / "Resources" / "Screenshots"
+UI_PREVIEW_SCRIPT = ROOT / "docs" / "render_slicer_ui_preview.py"
 
 # Extensions Index catalog entry schema (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.x):
 # "additionalProperties": false, so homepage/contributors/description can only live in CMake.
@@ -60,6 +64,24 @@ def _module_constant(name: str):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
     raise AssertionError(f"no module-level constant {name}")
+
+
+def _logic_core_tree() -> ast.Module:
+    return ast.parse(LOGIC_CORE_FILE.read_text(encoding="utf-8"))
+
+
+def _logic_core_constant(name: str):
+    for node in _logic_core_tree().body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no constant {name} in {LOGIC_CORE_FILE.name}")
+
+
+def _method_parameters(tree: ast.Module, class_name: str, method: str) -> list[str]:
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    function = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == method)
+    return [a.arg for a in (*function.args.args, *function.args.kwonlyargs) if a.arg != "self"]
 
 
 def _ui_widgets() -> dict[str, ET.Element]:
@@ -151,7 +173,8 @@ def test_module_follows_the_scripted_module_template():
     source = MODULE_FILE.read_text(encoding="utf-8")
     for needle in ("connectGui(self.ui)", "disconnectGui(", "slicer.util.tryWithErrorDisplay(",
                    "StartCloseEvent", "EndCloseEvent", "startBackgroundFusion",
-                   "qt.QTimer()", "PyTorchUtils", "MedFusionLogicCore"):
+                   "qt.QTimer()", "PyTorchUtils", "MedFusionLogicCore", "startBackgroundTraining",
+                   "onPollTraining"):
         assert needle in source, needle
 
 
@@ -217,7 +240,7 @@ def test_ui_parses_with_a_qmrmlwidget_on_top():
     names = [w.get("name") for w in root.iter("widget")]
     assert len(names) == len(set(names)), "widget names must be unique"
     declared = {c.find("class").text for c in root.iter("customwidget")}
-    qt_classes = {"QLabel", "QComboBox", "QCheckBox", "QPushButton", "QProgressBar"}
+    qt_classes = {"QLabel", "QComboBox", "QCheckBox", "QPushButton", "QProgressBar", "QSpinBox"}
     assert {w.get("class") for w in root.iter("widget")} <= declared | qt_classes
 
 
@@ -225,11 +248,13 @@ def test_ui_parses_with_a_qmrmlwidget_on_top():
 _SUFFIX_CLASSES = {
     "Selector": {"qMRMLNodeComboBox"},
     "ComboBox": {"QComboBox"},
+    "SpinBox": {"QSpinBox"},
     "CheckBox": {"QCheckBox"},
     "CollapsibleButton": {"ctkCollapsibleButton"},
     "Button": {"QPushButton"},
     "Label": {"QLabel"},
     "progressBar": {"QProgressBar"},
+    "ProgressBar": {"QProgressBar"},
     "PathLineEdit": {"ctkPathLineEdit"},
 }
 
@@ -306,8 +331,50 @@ def test_every_mrml_widget_receives_the_scene():
 
 def test_output_selector_never_offers_label_maps():
     widgets = _ui_widgets()
-    for name in ("outputVolumeSelector", "inputVolume1Selector", "inputVolume2Selector", "targetVolumeSelector"):
+    for name in ("outputVolumeSelector", "inputVolume1Selector", "inputVolume2Selector", "targetVolumeSelector",
+                 "trainingTargetVolumeSelector"):
         assert _ui_property(widgets[name], "showChildNodeTypes") == "false", name  # no label maps / vector volumes
+
+
+def test_train_section_is_collapsed_and_holds_the_training_widgets():
+    root = ET.parse(UI_FILE).getroot()
+    section = next(w for w in root.iter("widget") if w.get("name") == "trainCollapsibleButton")
+    assert section.get("class") == "ctkCollapsibleButton" and _ui_property(section, "collapsed") == "true"
+    inside = {w.get("name") for w in section.iter("widget")} - {"trainCollapsibleButton"}
+    assert {"trainingSourceComboBox", "trainingTargetVolumeSelector", "trainingFolderPathLineEdit",
+            "trainingFamilyComboBox", "trainingBlockSizeComboBox", "trainingIterationsSpinBox",
+            "trainingOutputModelPathLineEdit", "trainButton", "trainProgressBar", "trainStatusLabel"} <= inside
+    widgets = _ui_widgets()
+    assert "Dirs" in widgets["trainingFolderPathLineEdit"].find("property[@name='filters']/set").text
+    output_filters = widgets["trainingOutputModelPathLineEdit"].find("property[@name='filters']/set").text
+    assert "Files" in output_filters and "Writable" in output_filters  # ctkPathLineEdit then offers a save dialog
+    assert _ui_property(widgets["trainingOutputModelPathLineEdit"], "nameFilters") == ["MedFusion model (*.pt)"]
+
+
+def test_training_choices_match_the_logic():
+    from MedFusionLib.engine.networks import NETWORKS
+
+    assert _module_constant("TRAINING_FAMILY_CHOICES") == list(_logic_core_constant("TRAINING_FAMILIES"))
+    assert set(_module_constant("TRAINING_FAMILY_CHOICES")) == set(NETWORKS)
+    assert _module_constant("TRAINING_SOURCE_CHOICES") == ["scene volumes", "folder"]
+    sizes = _module_constant("TRAINING_BLOCK_SIZE_CHOICES")
+    assert sizes[0] == "auto" and all(int(n) >= 2 and int(n) & (int(n) - 1) == 0 for n in sizes[1:])
+    # The iterations default is the logic's, in the parameter node and in the .ui spin box alike.
+    default = _logic_core_constant("DEFAULT_TRAINING_ITERATIONS")
+    cls = _module_class("MedFusionParameterNode")
+    field = next(n for n in cls.body if isinstance(n, ast.AnnAssign) and n.target.id == "trainingIterations")
+    assert ast.literal_eval(field.value) == default
+    assert _ui_property(_ui_widgets()["trainingIterationsSpinBox"], "value") == str(default)
+
+
+def test_widget_training_arguments_are_the_logic_train_parameters():
+    """What the widget passes to prepareTraining (plus overwrite) is exactly what the logic accepts."""
+    function = next(n for n in ast.walk(_module_class("MedFusionLogic"))
+                    if isinstance(n, ast.FunctionDef) and n.name == "trainingArgumentsFromParameterNode")
+    returned = next(n.value for n in ast.walk(function) if isinstance(n, ast.Return))
+    keys = {k.arg for k in returned.keywords}
+    accepted = set(_method_parameters(_logic_core_tree(), "MedFusionLogicCore", "prepareTraining"))
+    assert keys | {"overwrite"} == accepted - {"seed"}, accepted ^ (keys | {"overwrite"})
 
 
 # ------------------------------------------------------------------------------------------ resources
@@ -344,7 +411,8 @@ def test_module_cmake_names_exactly_the_files_that_exist():
     on_disk_scripts = sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
                              if "__pycache__" not in p.parts and "Resources" not in p.parts)
     on_disk_resources = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")
-                               if p.is_file() and "__pycache__" not in p.parts)
+                               if p.is_file() and "__pycache__" not in p.parts
+                               and SCREENSHOTS_DIR not in p.parents)
     assert sorted(scripts) == on_disk_scripts
     assert sorted(resources) == on_disk_resources
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
@@ -392,10 +460,28 @@ def test_extensions_index_entry_agrees_with_cmake():
     assert _raw_github_path(metadata["EXTENSION_ICONURL"]) == ICON_FILE
 
 
-@pytest.mark.xfail(strict=True, reason="no screenshot yet: it must be taken in a running 3D Slicer")
 def test_screenshots_exist():
-    for url in _extension_metadata()["EXTENSION_SCREENSHOTURLS"].split():
-        assert _raw_github_path(url).is_file(), url
+    """Every screenshot URL names a PNG in the repository, large enough to read in the Extensions Manager."""
+    urls = _extension_metadata()["EXTENSION_SCREENSHOTURLS"].split()
+    assert urls
+    for url in urls:
+        path = _raw_github_path(url)
+        assert path.is_file(), url
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", url
+        width, height = struct.unpack(">II", data[16:24])
+        assert width >= 600 and height >= 400, (url, width, height)
+
+
+def test_ui_preview_script_says_it_is_not_a_screenshot():
+    """The 'screenshot' is a preview of the .ui rendered by docs/render_slicer_ui_preview.py outside Slicer."""
+    py_compile.compile(str(UI_PREVIEW_SCRIPT), doraise=True)
+    source = UI_PREVIEW_SCRIPT.read_text(encoding="utf-8")
+    assert "not a screenshot of a running 3D Slicer" in source  # the caption drawn into the picture
+    assert "MedFusion/Resources/Screenshots/MedFusion-1.png" in source
+    # Qt for Python is the script's own dependency, never the test suite's or the package's.
+    for requirements in (REQUIREMENTS_FILE.read_text(encoding="utf-8"), (ROOT / "pyproject.toml").read_text(encoding="utf-8")):
+        assert "PySide" not in requirements and "PyQt" not in requirements
 
 
 _STUB_SLICER = textwrap.dedent("""

@@ -20,6 +20,12 @@ A failed or cancelled run leaves the scene exactly as it was: phases 1 and 2 do 
 modify the scene at all, and phase 3 removes the nodes it created and restores the
 nodes it changed if it fails half-way.
 
+Training (:meth:`MedFusionLogicCore.train`) has the same three phases --
+:meth:`~MedFusionLogicCore.prepareTraining` copies the input and target volumes out of
+the scene (or checks the layout of a training folder), :meth:`~MedFusionLogicCore.computeTraining`
+fits the model in any thread, :meth:`~MedFusionLogicCore.commitTraining` writes the model
+file atomically -- and never modifies the scene; a cancelled or failed run writes no file.
+
 Coordinates: MRML stores a volume's geometry as an IJK-to-RAS matrix; SimpleITK and
 :class:`MedFusionLib.io.LoadedImage` use LPS (x and y negated). Voxel arrays have the
 same (k, j, i) = (z, y, x) order in both. :func:`geometry_from_ijk_to_ras` and
@@ -29,18 +35,26 @@ first input's IJK-to-RAS matrix (not a round trip), so its geometry is bit-ident
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import slicer  # the MRML classes and slicer.util: from the Slicer application or the slicer-core wheel
+import torch
 import vtk
 import vtk.util.numpy_support
 
+from MedFusionLib.engine.blocks import validate_block_size
+from MedFusionLib.engine.model import FusionModel
+from MedFusionLib.engine.rbm import TrainingCancelled
+from MedFusionLib.engine.training import TrainingConfig, Triplet, TripletDataset
 from MedFusionLib.errors import Cancelled, InputError
 from MedFusionLib.fusion import (
     FusionCancelled,
@@ -52,6 +66,7 @@ from MedFusionLib.fusion import (
 from MedFusionLib.io import LoadedImage
 from MedFusionLib.metrics import METRICS, evaluate
 from MedFusionLib.preprocessing import DENOISE_DEFAULTS, REGISTRATION_TRANSFORMS
+from MedFusionLib.validation import check_int
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -60,6 +75,18 @@ DEFAULT_PLOT_METRICS: tuple[str, ...] = ("QABF", "MI", "SSIM_S")
 
 #: Device names accepted by the logic (the GUI's choices) and what MedFusionLib is asked for.
 DEVICES: dict[str, Optional[str]] = {"auto": None, "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
+
+#: Model families the logic trains: the multi-scale weight CNN (fuses any number of inputs) and the
+#: RBM-initialised block network of the 2020 paper (fuses exactly as many inputs as it was trained with).
+TRAINING_FAMILIES: tuple[str, ...] = ("cnn", "dbm")
+#: Optimiser steps of a training run unless asked otherwise: a few hundred, so that a run takes about a
+#: minute on a CPU (the shipped default model took 8000; more iterations fit the data better).
+DEFAULT_TRAINING_ITERATIONS = 300
+#: Training block side per family when none is given (reduced to fit smaller slices): CNN blocks of 32
+#: train twice as fast as the shipped recipe's 64 on a CPU; the DBM's blocks are its fixed input size.
+DEFAULT_TRAINING_BLOCK_SIZES: dict[str, int] = {"cnn": 32, "dbm": 8}
+# The shipped recipe (MedFusionLib.recipes) whose network and optimiser settings each family trains with.
+_FAMILY_RECIPES = {"cnn": "default", "dbm": "dbm"}
 
 #: How far two IJK-to-RAS matrices may differ and still count as the same grid (mm and direction
 #: cosines); absorbs the float32 rounding of NIfTI headers, far below any real misalignment.
@@ -149,6 +176,14 @@ def ijk_to_ras_from_geometry(
 def _loaded(array: np.ndarray, ijk_to_ras: np.ndarray) -> LoadedImage:
     spacing, origin, direction = geometry_from_ijk_to_ras(ijk_to_ras)
     return LoadedImage(array, spacing, origin, direction)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and hard links included; by name when one does not exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +279,102 @@ class MedFusionResult:
     methodName: str
 
 
+@dataclass
+class TrainingJob:
+    """Everything :meth:`MedFusionLogicCore.computeTraining` needs, checked and copied by ``prepareTraining``.
+
+    Training reads the scene once, here, and never writes to it: the only thing a training
+    run produces is the model file, written by :meth:`MedFusionLogicCore.commitTraining`.
+
+    :param outputModelPath: where the model goes (``.pt``); checked not to be an input.
+    :param overwrite: whether an existing file at ``outputModelPath`` may be replaced.
+    :param protectedPaths: files the model may never be written over (the training inputs, the shipped model).
+    :param family: ``"cnn"`` or ``"dbm"``.
+    :param blockSize: training block side n, or None for the family's default capped by the slice size.
+    :param iterations: optimiser steps.
+    :param device: what MedFusionLib is asked for (None: automatic).
+    :param seed: seeds block sampling, initialisation and augmentation.
+    :param axis: array axis the volumes are cut into 2D training slices along.
+    :param nInputs: K, the number of inputs per training case.
+    :param inputNames: the inputs' names (scene volumes) or the case names (folder), for the model's notes.
+    :param inputArrays: copies of the input volumes' voxels (scene source only).
+    :param inputIJKToRAS: their IJK-to-RAS matrices (scene source only).
+    :param targetArray: a copy of the target volume's voxels (scene source only).
+    :param targetIJKToRAS: its IJK-to-RAS matrix (scene source only).
+    :param modalities: modality per input for standardisation (scene source only; None: automatic).
+    :param resampleToFirst: resample inputs 2.. and the target onto input 1's grid first (scene source only).
+    :param trainingData: the folder of case folders or manifest CSV (folder source only).
+    """
+
+    outputModelPath: Path
+    overwrite: bool
+    protectedPaths: list[Path]
+    family: str
+    blockSize: Optional[int]
+    iterations: int
+    device: Optional[str]
+    seed: int
+    axis: int
+    nInputs: int
+    inputNames: list[str]
+    inputArrays: list[np.ndarray] = field(default_factory=list)
+    inputIJKToRAS: list[np.ndarray] = field(default_factory=list)
+    targetArray: Optional[np.ndarray] = None
+    targetIJKToRAS: Optional[np.ndarray] = None
+    modalities: Optional[list[Optional[str]]] = None
+    resampleToFirst: bool = False
+    trainingData: Optional[Path] = None
+
+    @property
+    def fromScene(self) -> bool:
+        """Whether the training cases are slices of scene volumes (else: files of a training folder)."""
+        return self.trainingData is None
+
+
+@dataclass
+class TrainingComputation:
+    """What :meth:`MedFusionLogicCore.computeTraining` produced; nothing is on disk yet.
+
+    :param model: the trained :class:`MedFusionLib.engine.model.FusionModel` (best validation weights).
+    :param history: its :class:`MedFusionLib.engine.training.TrainingHistory` (loss per iteration and validation).
+    :param trainingSlices: number of 2D training cases (input slices + target slice) it was fitted on.
+    :param blockSize: the block side it was trained with.
+    """
+
+    model: Any
+    history: Any
+    trainingSlices: int
+    blockSize: int
+
+
+@dataclass
+class MedFusionTrainingResult:
+    """The model file a training run wrote, and how the training went.
+
+    :param modelPath: the written model; pass it as ``method`` to :meth:`MedFusionLogicCore.fuse`.
+    :param family: ``"cnn"`` or ``"dbm"``.
+    :param blockSize: the block side it was trained with.
+    :param nInputs: K, the number of inputs it was trained to fuse.
+    :param trainingSlices: number of 2D training cases (slices with a non-constant target).
+    :param iterationsRun: optimiser steps done.
+    :param bestValidationLoss: validation loss of the kept weights.
+    :param seconds: wall time of the training.
+    :param device: where it trained.
+    :param history: the full :class:`MedFusionLib.engine.training.TrainingHistory`.
+    """
+
+    modelPath: Path
+    family: str
+    blockSize: int
+    nInputs: int
+    trainingSlices: int
+    iterationsRun: int
+    bestValidationLoss: float
+    seconds: float
+    device: str
+    history: Any
+
+
 class _Stage:
     """Maps a phase's own 0..1 progress onto a sub-range of the caller's progress bar."""
 
@@ -258,6 +389,11 @@ class _Stage:
 def _check_cancel(cancel: Optional[CancelFlag], where: str) -> None:
     if cancel is not None and cancel.is_set():
         raise FusionCancelled(f"fusion cancelled ({where}); the scene was not changed")
+
+
+def _check_training_cancel(cancel: Optional[CancelFlag], where: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise TrainingCancelled(f"training cancelled ({where}); no model file was written")
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,21 +561,8 @@ class MedFusionLogicCore:
             raise InputError(f"plot metrics: unknown {unknown_plot}; choose from {list(METRICS)}")
 
         resolved = self._load_method(method)
-        resolved_device = DEVICES[device_key]
-        if resolved_device == "cuda":
-            import torch  # only here: the check needs torch, which MedFusionLib.fusion already imported
-
-            if not torch.cuda.is_available():
-                raise InputError("device: a GPU was asked for but no CUDA GPU is available; choose 'auto' or 'cpu'")
-
-        # All inputs (and the target) must sit under the same parent transform: the logic works
-        # in the volumes' own RAS space and cannot compare grids across different transforms.
-        transforms = {self._parent_transform_id(n) for n in [*nodes, *([targetVolumeNode] if targetVolumeNode else [])]}
-        if len(transforms) > 1:
-            raise InputError(
-                "input volumes: they are under different parent transforms; harden the transforms "
-                "(Transforms module, 'Harden transform') so all volumes share one coordinate space"
-            )
+        resolved_device = self._resolve_device(device_key)
+        parent_transform_id = self._common_parent_transform_id([*nodes, *([targetVolumeNode] if targetVolumeNode else [])])
 
         arrays = [self._copy_voxels(node, name) for node, name in zip(nodes, names)]
         matrices = [_ijk_to_ras(node) for node in nodes]
@@ -476,11 +599,36 @@ class MedFusionLogicCore:
             plotMetrics=plot_keys,
             outputVolumeNode=outputVolumeNode,
             outputName=f"{nodes[0].GetName()} fused",
-            parentTransformNodeID=transforms.pop(),
+            parentTransformNodeID=parent_transform_id,
             metricsTableNode=metricsTableNode,
             sliceTableNode=sliceTableNode,
             plotChartNode=plotChartNode,
         )
+
+    @staticmethod
+    def _resolve_device(device_key: str) -> Optional[str]:
+        """What MedFusionLib is asked for (see :data:`DEVICES`); a GPU that is not there is refused now, not later."""
+        resolved_device = DEVICES[device_key]
+        if resolved_device == "cuda":
+            import torch  # only here: the check needs torch, which MedFusionLib.fusion already imported
+
+            if not torch.cuda.is_available():
+                raise InputError("device: a GPU was asked for but no CUDA GPU is available; choose 'auto' or 'cpu'")
+        return resolved_device
+
+    def _common_parent_transform_id(self, nodes: Sequence[Any]) -> Optional[str]:
+        """The one parent transform of all ``nodes`` (None: none), or a clear refusal.
+
+        The logic works in the volumes' own RAS space and cannot compare grids across
+        different transforms.
+        """
+        transforms = {self._parent_transform_id(n) for n in nodes}
+        if len(transforms) > 1:
+            raise InputError(
+                "input volumes: they are under different parent transforms; harden the transforms "
+                "(Transforms module, 'Harden transform') so all volumes share one coordinate space"
+            )
+        return transforms.pop()
 
     @staticmethod
     def _check_node(node: Any, cls: str, label: str, scene: Any) -> None:
@@ -593,17 +741,17 @@ class MedFusionLogicCore:
     @staticmethod
     def _check_same_grid(
         reference: np.ndarray, reference_matrix: np.ndarray, array: np.ndarray, matrix: np.ndarray,
-        name: str, reference_name: str,
+        name: str, reference_name: str, remedy: str = "tick 'Resample onto input 1' (or register)",
     ) -> None:
         if array.shape != reference.shape:
             raise InputError(
                 f"{name}: dimensions {tuple(reversed(array.shape))} differ from {reference_name}'s "
-                f"{tuple(reversed(reference.shape))}; tick 'Resample onto input 1' (or register) to put it on that grid"
+                f"{tuple(reversed(reference.shape))}; {remedy} to put it on that grid"
             )
         if not np.allclose(matrix, reference_matrix, rtol=0.0, atol=GEOMETRY_TOLERANCE):
             raise InputError(
                 f"{name}: origin, spacing or orientation (IJK-to-RAS matrix) differ from {reference_name}'s; "
-                "tick 'Resample onto input 1' (or register) to put it on that grid"
+                f"{remedy} to put it on that grid"
             )
 
     # ---------------------------------------------------------------- phase 2: compute (any thread)
@@ -924,35 +1072,422 @@ class MedFusionLogicCore:
             series_nodes.append(series)
         return chart, series_nodes
 
+    # ---------------------------------------------------------------- training: the synchronous whole
+
+    def train(
+        self,
+        outputModelPath: str | os.PathLike,
+        inputVolumeNodes: Optional[Sequence[Any]] = None,
+        targetVolumeNode: Any = None,
+        trainingData: Optional[str | os.PathLike] = None,
+        family: str = "cnn",
+        iterations: int = DEFAULT_TRAINING_ITERATIONS,
+        blockSize: Optional[int] = None,
+        axis: int = 0,
+        device: str = "auto",
+        resampleToFirst: bool = False,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelFlag] = None,
+        *,
+        modalities: Optional[Sequence[Optional[str]]] = None,
+        seed: int = 0,
+        overwrite: bool = False,
+    ) -> MedFusionTrainingResult:
+        """Train a fusion model and write it to a file; returns when done. The scene is never modified.
+
+        The training cases are 2D slices: either of volumes in the scene (K registered inputs and
+        a target, the ideal fused volume, all on one grid), or of the cases of a training folder
+        (``<folder>/<case>/input_1.*, input_2.*, target.*``, or a manifest CSV; see
+        :func:`MedFusionLib.batch.load_training_triplets`). Slices whose target is constant are
+        skipped. The network and optimiser settings are those of the shipped recipes
+        (:mod:`MedFusionLib.recipes`), with few iterations by default so that a run takes about a
+        minute on a CPU; the weights with the best validation loss are kept.
+
+        Synchronous, like :meth:`fuse`. The Slicer widget instead calls :meth:`prepareTraining`,
+        runs :meth:`computeTraining` in a background thread (:class:`BackgroundTraining`) and calls
+        :meth:`commitTraining` when it ends. A cancelled or failed run writes no file.
+
+        :param outputModelPath: the model file to write (``.pt``); never one of the training inputs.
+            Then use it with ``fuse(..., method=str(result.modelPath))``.
+        :param inputVolumeNodes: K >= 2 registered scalar volume nodes to learn from (with
+            ``targetVolumeNode``); not modified. Leave None to train from ``trainingData``.
+        :param targetVolumeNode: the target (ideal fused) volume for ``inputVolumeNodes``; same grid
+            as input 1 unless ``resampleToFirst``.
+        :param trainingData: a folder of case folders or a manifest CSV (instead of scene volumes).
+        :param family: ``"cnn"`` (multi-scale weight CNN, fuses any number of inputs) or ``"dbm"``
+            (RBM-initialised block network, fuses exactly K inputs).
+        :param iterations: optimiser steps (default :data:`DEFAULT_TRAINING_ITERATIONS`; the shipped
+            model had 8000).
+        :param blockSize: training block side n = 2^i, or None for the family's default
+            (:data:`DEFAULT_TRAINING_BLOCK_SIZES`) reduced to fit the slices. A DBM fuses blocks of exactly this size.
+        :param axis: array axis to cut the volumes into slices along: 0 = K, 1 = J, 2 = I.
+        :param device: ``"auto"`` (GPU when present, else CPU), ``"cpu"`` or ``"gpu"``.
+        :param resampleToFirst: resample other inputs and the target onto input 1's grid when their
+            geometry differs (scene volumes only); otherwise a geometry mismatch is an error.
+        :param progress: ``progress(fraction, message)``, fraction in [0, 1].
+        :param cancel: flag with ``is_set()`` (e.g. ``threading.Event``), polled between slices and at
+            every validation step of the training.
+        :param modalities: optional modality per input volume (``"CT"``, ``"MRI"``, ``"PET"``,
+            ``"SPECT"`` or None) for intensity standardisation; scene volumes only (a manifest CSV
+            carries its own modality columns).
+        :param seed: seeds block sampling, initialisation and augmentation (same data and seed, same model on a CPU).
+        :param overwrite: allow replacing an existing file at ``outputModelPath`` (never an input).
+        :returns: a :class:`MedFusionTrainingResult`.
+        :raises InputError: a refused argument, with a message naming it; nothing was written.
+        :raises MedFusionLib.engine.rbm.TrainingCancelled: ``cancel`` was set; nothing was written.
+        """
+        job = self.prepareTraining(
+            outputModelPath, inputVolumeNodes, targetVolumeNode, trainingData, family, iterations, blockSize,
+            axis, device, resampleToFirst, modalities=modalities, seed=seed, overwrite=overwrite,
+        )
+        computation = self.computeTraining(job, progress=progress, cancel=cancel)
+        _check_training_cancel(cancel, "before writing the model")
+        result = self.commitTraining(job, computation)
+        if progress is not None:
+            progress(1.0, "done")
+        return result
+
+    # ---------------------------------------------------------------- training phase 1: check and copy
+
+    def prepareTraining(
+        self,
+        outputModelPath: str | os.PathLike,
+        inputVolumeNodes: Optional[Sequence[Any]] = None,
+        targetVolumeNode: Any = None,
+        trainingData: Optional[str | os.PathLike] = None,
+        family: str = "cnn",
+        iterations: int = DEFAULT_TRAINING_ITERATIONS,
+        blockSize: Optional[int] = None,
+        axis: int = 0,
+        device: str = "auto",
+        resampleToFirst: bool = False,
+        *,
+        modalities: Optional[Sequence[Optional[str]]] = None,
+        seed: int = 0,
+        overwrite: bool = False,
+    ) -> TrainingJob:
+        """Check every argument and copy the training volumes out of the scene (call on the scene's thread).
+
+        Parameters as in :meth:`train`. Does not modify the scene and writes nothing.
+
+        :returns: a :class:`TrainingJob` for :meth:`computeTraining` and :meth:`commitTraining`.
+        :raises InputError: the first problem found, with a message naming the input.
+        """
+        if family not in TRAINING_FAMILIES:
+            raise InputError(f"model family: expected one of {list(TRAINING_FAMILIES)}, got {family!r}")
+        iterations = check_int(iterations, "training iterations")
+        seed = check_int(seed, "seed", minimum=0)
+        if blockSize is not None:
+            blockSize = validate_block_size(blockSize)
+        if isinstance(axis, bool) or axis not in (0, 1, 2):
+            raise InputError(f"slice axis: expected 0 (K), 1 (J) or 2 (I), got {axis!r}")
+        device_key = str(device).strip().lower() if device is not None else "auto"
+        if device_key not in DEVICES:
+            raise InputError(f"device: expected one of {sorted(DEVICES)}, got {device!r}")
+        resolved_device = self._resolve_device(device_key)
+
+        from_scene = inputVolumeNodes is not None or targetVolumeNode is not None
+        from_folder = trainingData is not None and str(trainingData).strip() not in ("", ".")
+        if from_scene and from_folder:
+            raise InputError("training data: give either input volumes and a target volume, or a training folder, not both")
+        if not from_scene and not from_folder:
+            raise InputError(
+                "training data: none given; choose input volumes and a target volume, or a folder of training cases"
+            )
+        common = dict(overwrite=bool(overwrite), family=family, blockSize=blockSize, iterations=iterations,
+                      device=resolved_device, seed=seed, axis=int(axis))
+        if from_folder:
+            if modalities is not None:
+                raise InputError("modalities: for a training folder, give them as modality columns of a manifest CSV")
+            job = self._prepare_training_folder(Path(os.fspath(trainingData)).expanduser(), outputModelPath, common)
+        else:
+            job = self._prepare_training_volumes(
+                inputVolumeNodes, targetVolumeNode, modalities, bool(resampleToFirst), outputModelPath, common
+            )
+        return job
+
+    def _prepare_training_volumes(
+        self, inputVolumeNodes: Any, targetVolumeNode: Any, modalities: Optional[Sequence[Optional[str]]],
+        resampleToFirst: bool, outputModelPath: Any, common: dict[str, Any],
+    ) -> TrainingJob:
+        nodes = self._check_inputs(inputVolumeNodes)
+        scene = nodes[0].GetScene()
+        names = [f"input {i + 1} ({node.GetName()})" for i, node in enumerate(nodes)]
+        if targetVolumeNode is None:
+            raise InputError("target volume: training needs a target, the ideal fused volume of the inputs")
+        self._check_volume(targetVolumeNode, "target volume", scene)
+        if any(targetVolumeNode is node for node in nodes):
+            raise InputError("target volume: it is one of the inputs; choose the ideal (reference) fused volume")
+        if modalities is not None and len(modalities) != len(nodes):
+            raise InputError(f"modalities: {len(modalities)} given for {len(nodes)} input volumes")
+        self._common_parent_transform_id([*nodes, targetVolumeNode])
+        protected = [path for node in (*nodes, targetVolumeNode) for path in self._stored_files(node)]
+        output = self._check_model_output(outputModelPath, protected, common["overwrite"])
+
+        arrays = [self._copy_voxels(node, name) for node, name in zip(nodes, names)]
+        matrices = [_ijk_to_ras(node) for node in nodes]
+        target_array = self._copy_voxels(targetVolumeNode, "target volume")
+        target_matrix = _ijk_to_ras(targetVolumeNode)
+        if not resampleToFirst:
+            others = [*zip(arrays[1:], matrices[1:], names[1:]), (target_array, target_matrix, "target volume")]
+            for array, matrix, name in others:
+                self._check_same_grid(arrays[0], matrices[0], array, matrix, name, names[0],
+                                      remedy="tick 'Resample onto input 1'")
+        # The slices are input 1's (resampling puts everything on its grid): refuse a block that cannot fit now.
+        plane = [n for a, n in enumerate(arrays[0].shape) if a != common["axis"]]
+        if min(plane) < 2:
+            raise InputError(f"{names[0]}: slices along axis {'KJI'[common['axis']]} are {plane[1]}x{plane[0]} voxels; "
+                             "too small to train on -- choose another slice axis")
+        if common["blockSize"] is not None and common["blockSize"] > min(plane):
+            raise InputError(f"block size {common['blockSize']} is larger than the slices ({plane[1]}x{plane[0]} voxels "
+                             f"along axis {'KJI'[common['axis']]}); choose a block size of at most {min(plane)}")
+        return TrainingJob(
+            outputModelPath=output,
+            protectedPaths=protected,
+            nInputs=len(nodes),
+            inputNames=[node.GetName() for node in nodes],
+            inputArrays=arrays,
+            inputIJKToRAS=matrices,
+            targetArray=target_array,
+            targetIJKToRAS=target_matrix,
+            modalities=list(modalities) if modalities is not None else None,
+            resampleToFirst=resampleToFirst,
+            **common,
+        )
+
+    def _prepare_training_folder(self, data: Path, outputModelPath: Any, common: dict[str, Any]) -> TrainingJob:
+        from MedFusionLib.batch import groups_from_folder, groups_from_manifest
+
+        if not data.exists():
+            raise InputError(f"training folder {data}: no such folder (or manifest CSV)")
+        # Only the layout is read here (fast, on the GUI thread, so mistakes show at once); the
+        # images are read in computeTraining, off the GUI thread.
+        groups = groups_from_folder(data) if data.is_dir() else groups_from_manifest(data)
+        without_target = [group.name for group in groups if group.target is None]
+        if without_target:
+            raise InputError(
+                f"training folder {data}: case(s) {', '.join(without_target[:5])} have no target image "
+                "(target.*); training needs the ideal fused image of every case"
+            )
+        protected = [path for group in groups for path in (*group.inputs, group.target)]
+        if data.is_file():
+            protected.append(data)
+        output = self._check_model_output(outputModelPath, protected, common["overwrite"])
+        return TrainingJob(
+            outputModelPath=output,
+            protectedPaths=protected,
+            nInputs=len(groups[0].inputs),
+            inputNames=[group.name for group in groups],
+            trainingData=data,
+            **common,
+        )
+
+    @staticmethod
+    def _stored_files(node: Any) -> list[Path]:
+        """The files a volume node was loaded from or is saved to: a model must never replace them."""
+        storage = node.GetStorageNode()
+        if storage is None:
+            return []
+        names = [storage.GetFileName(), *(storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames()))]
+        return [Path(name) for name in names if name]
+
+    @staticmethod
+    def _check_model_output(outputModelPath: Any, protected: Sequence[Path], overwrite: bool) -> Path:
+        """The output model path, refused when it is not a writable new ``.pt`` file or is an input."""
+        from MedFusionLib.fusion import DEFAULT_MODEL_PATH
+
+        if outputModelPath is None or str(outputModelPath).strip() in ("", "."):
+            raise InputError("output model file: choose where to write the trained model (a .pt file)")
+        path = Path(os.fspath(outputModelPath)).expanduser()
+        label = f"output model file {path}"
+        for guarded in [*protected, DEFAULT_MODEL_PATH]:
+            if _same_path(path, guarded):
+                what = "the shipped default model" if guarded == DEFAULT_MODEL_PATH else "a training input"
+                raise InputError(f"{label}: it is {what} ({guarded}), which is never overwritten; choose another file")
+        if path.suffix.lower() != ".pt":
+            raise InputError(f"{label}: expected a file name ending in .pt (a MedFusion model)")
+        if path.is_dir():
+            raise InputError(f"{label}: is a folder; give a file name")
+        if not path.parent.is_dir():
+            raise InputError(f"{label}: the folder {path.parent} does not exist")
+        if path.exists() and not overwrite:
+            raise InputError(f"{label}: already exists; choose another name or allow overwriting it")
+        return path
+
+    # ---------------------------------------------------------------- training phase 2: fit (any thread)
+
+    def computeTraining(
+        self, job: TrainingJob, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelFlag] = None
+    ) -> TrainingComputation:
+        """Build the training slices and fit the model; touches no MRML node and writes no file.
+
+        :param job: from :meth:`prepareTraining`.
+        :param progress: ``progress(fraction, message)``; called from this thread.
+        :param cancel: flag with ``is_set()``; polled between slices and at every validation step.
+        :returns: a :class:`TrainingComputation`.
+        :raises TrainingCancelled: the flag was set.
+        :raises InputError: training data MedFusionLib refuses (unreadable file, shapes that differ, ...).
+        """
+        from MedFusionLib.recipes import recipe
+
+        _check_training_cancel(cancel, "before starting")
+        dataset = self._training_dataset(job, _Stage(progress, 0.0, 0.05), cancel)
+        _check_training_cancel(cancel, "before training")
+        side = dataset.min_side()
+        block = job.blockSize if job.blockSize is not None else min(
+            DEFAULT_TRAINING_BLOCK_SIZES[job.family], 2 ** int(math.floor(math.log2(max(side, 2))))
+        )
+        if block > side:
+            raise InputError(f"block size {block} is larger than the smallest training slice side {side}; "
+                             f"choose a block size of at most {side}")
+        spec = recipe(_FAMILY_RECIPES[job.family])
+        shipped: TrainingConfig = spec["training"]
+        config = dataclasses.replace(
+            shipped,
+            iterations=job.iterations,
+            # Progress and cancel are only reported at validation steps: about 25 of them per run.
+            validation_every=max(1, min(shipped.validation_every, math.ceil(job.iterations / 25))),
+            validation_blocks=min(shipped.validation_blocks, 64),  # validation costs ~10% of the steps
+            patience=None,  # a short run: keep the best validated weights instead of stopping early
+            seed=job.seed,
+            device=job.device,
+            checkpoint=None,  # nothing is written before commitTraining
+            # DBM: unsupervised pre-training in proportion to the supervised steps (4000 blocks at 300 steps).
+            pretrain_epochs=min(shipped.pretrain_epochs, 2),
+            pretrain_blocks=min(shipped.pretrain_blocks, max(500, 13 * job.iterations)),
+        )
+        torch.manual_seed(job.seed)
+        model = FusionModel.create(job.family, dataset.n_inputs, block, **spec["network"])
+        history = model.fit(dataset, config, progress=_Stage(progress, 0.05, 1.0), cancel=cancel)
+        model.info.modalities = [m or "auto" for m in job.modalities] if job.modalities else []
+        model.info.training.update({
+            "recipe": f"{spec['name']} network, MedFusion Slicer module training",
+            "command": "MedFusion module (3D Slicer), Train section / MedFusionLogicCore.train",
+            "data": (f"scene volumes {', '.join(job.inputNames)} with a target volume, slices along {'KJI'[job.axis]}"
+                     if job.fromScene else f"training folder {job.trainingData} ({len(job.inputNames)} cases)"),
+            "training_slices": len(dataset),
+            "torch": torch.__version__,
+        })
+        return TrainingComputation(model=model, history=history, trainingSlices=len(dataset), blockSize=block)
+
+    def _training_dataset(self, job: TrainingJob, progress: _Stage, cancel: Optional[CancelFlag]) -> TripletDataset:
+        """The 2D training cases: slices along ``job.axis`` with a non-constant target, standardised to [0, 1]."""
+        if not job.fromScene:
+            from MedFusionLib.batch import load_training_triplets
+
+            progress(0.0, f"reading {len(job.inputNames)} training cases")
+            dataset = load_training_triplets(job.trainingData, axis=job.axis)
+            if dataset.n_inputs != job.nInputs:  # the folder changed since prepareTraining
+                raise InputError(f"training folder {job.trainingData}: cases have {dataset.n_inputs} inputs, "
+                                 f"expected {job.nInputs}")
+            progress(1.0, f"{len(dataset)} training slices")
+            return dataset
+
+        arrays, target = list(job.inputArrays), job.targetArray
+        if job.resampleToFirst:
+            from MedFusionLib import preprocessing
+
+            reference = _loaded(arrays[0], job.inputIJKToRAS[0])
+            for i in range(1, len(arrays)):
+                moving = _loaded(arrays[i], job.inputIJKToRAS[i])
+                if not reference.geometry_matches(moving, tol=GEOMETRY_TOLERANCE):
+                    arrays[i] = preprocessing.resample_to(reference, moving).array
+                _check_training_cancel(cancel, "resampling")
+            moving = _loaded(target, job.targetIJKToRAS)
+            if not reference.geometry_matches(moving, tol=GEOMETRY_TOLERANCE):
+                target = preprocessing.resample_to(reference, moving).array
+        modalities = job.modalities or [None] * len(arrays)
+        # The same standardisation fuse_volume applies, so the model learns on what it will later see.
+        inputs = [to_unit_range(a, modalities[i], f"input {i + 1}") for i, a in enumerate(arrays)]
+        target = to_unit_range(target, None, "target volume")
+        triplets = []
+        count = target.shape[job.axis]
+        for s in range(count):
+            _check_training_cancel(cancel, "building the training slices")
+            target_slice = np.take(target, s, axis=job.axis)
+            if float(np.ptp(target_slice)) > 0.0:  # a constant target teaches nothing
+                triplets.append(Triplet([np.take(a, s, axis=job.axis) for a in inputs], target_slice, f"slice {s}"))
+            progress((s + 1) / count, f"training slice {s + 1}/{count}")
+        if not triplets:
+            raise InputError(f"target volume: constant in every slice along {'KJI'[job.axis]}; nothing to learn from")
+        return TripletDataset(triplets)
+
+    # ---------------------------------------------------------------- training phase 3: write the model
+
+    def commitTraining(self, job: TrainingJob, computation: TrainingComputation) -> MedFusionTrainingResult:
+        """Write the model file atomically (never over an input); the scene is not touched.
+
+        The file appears complete or not at all: it is written to a temporary file in the same
+        folder and renamed into place.
+
+        :param job: from :meth:`prepareTraining`.
+        :param computation: from :meth:`computeTraining`.
+        :returns: a :class:`MedFusionTrainingResult`.
+        :raises InputError: the destination became unusable meanwhile (folder gone, file created, ...).
+        """
+        from MedFusionLib.io import atomic_output
+
+        # atomic_output refuses the protected inputs; FusionModel.save writes its own format (itself
+        # atomically, inside the outer temporary folder, which is then renamed into place).
+        with atomic_output(job.outputModelPath, overwrite=job.overwrite, protected_paths=job.protectedPaths) as temporary:
+            computation.model.save(temporary, overwrite=True)
+        history = computation.history
+        return MedFusionTrainingResult(
+            modelPath=job.outputModelPath,
+            family=job.family,
+            blockSize=computation.blockSize,
+            nInputs=computation.model.n_inputs,
+            trainingSlices=computation.trainingSlices,
+            iterationsRun=len(history.train_loss),
+            bestValidationLoss=float(history.best_validation_loss),
+            seconds=float(history.seconds),
+            device=str(history.device),
+            history=history,
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # Running the computation off the GUI thread
 # --------------------------------------------------------------------------------------------
 
 
-class BackgroundFusion:
-    """Runs :meth:`MedFusionLogicCore.compute` in a ``threading.Thread``; :meth:`finish` commits on the scene thread.
+class _BackgroundRun:
+    """Runs a computation phase in a ``threading.Thread``; :meth:`finish` commits on the scene thread.
 
     The widget starts one, polls :attr:`progress` and :meth:`isRunning` from a ``qt.QTimer``
-    (so the GUI never blocks), turns its Fuse button into Cancel (:meth:`cancel`), and calls
+    (so the GUI never blocks), turns its button into Cancel (:meth:`cancel`), and calls
     :meth:`finish` once the thread has ended. Only the pure computation runs in the thread;
-    every MRML access stays on the thread that called :meth:`MedFusionLogicCore.prepare`.
+    every MRML access and every file write happens in :meth:`finish`, on the thread that
+    prepared the job, and only when the run was neither cancelled nor failed.
 
     :param core: the logic that prepared ``job``.
-    :param job: from :meth:`MedFusionLogicCore.prepare`.
+    :param job: from the core's prepare step.
     """
 
-    def __init__(self, core: MedFusionLogicCore, job: FusionJob) -> None:
+    #: What the run does, for thread names and messages.
+    what = "computation"
+
+    def __init__(self, core: MedFusionLogicCore, job: Any) -> None:
         self.core, self.job = core, job
         self.cancelEvent = threading.Event()
         self._lock = threading.Lock()
         self._progress: tuple[float, str] = (0.0, "starting")
-        self._computation: Optional[FusionComputation] = None
+        self._computation: Any = None
         self._error: Optional[BaseException] = None
         self._finished = False
-        self._thread = threading.Thread(target=self._run, name="MedFusion fusion", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"MedFusion {self.what}", daemon=True)
 
-    def start(self) -> "BackgroundFusion":
+    # What a subclass provides: the threaded phase, the commit phase, and its cancel exception.
+    def _compute(self, progress: ProgressCallback, cancel: CancelFlag) -> Any:
+        raise NotImplementedError
+
+    def _commit(self, computation: Any) -> Any:
+        raise NotImplementedError
+
+    def _cancelled(self) -> Cancelled:
+        raise NotImplementedError
+
+    def start(self) -> "_BackgroundRun":
         """Start the computation thread; returns self."""
         self._thread.start()
         return self
@@ -963,7 +1498,7 @@ class BackgroundFusion:
 
     def _run(self) -> None:
         try:
-            self._computation = self.core.compute(self.job, progress=self._report, cancel=self.cancelEvent)
+            self._computation = self._compute(self._report, self.cancelEvent)
         except BaseException as error:  # handed to the scene thread by finish()
             self._error = error
 
@@ -978,7 +1513,7 @@ class BackgroundFusion:
         return self._thread.is_alive()
 
     def cancel(self) -> None:
-        """Ask the computation to stop at its next check (between slice batches); returns at once."""
+        """Ask the computation to stop at its next check; returns at once."""
         self.cancelEvent.set()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -986,30 +1521,78 @@ class BackgroundFusion:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def finish(self) -> MedFusionResult:
-        """Write the results to the scene (call on the scene thread, after the thread ended).
+    def finish(self) -> Any:
+        """Commit the result (call on the scene thread, after the thread ended).
 
         :raises RuntimeError: the thread is still running, or finish() was already called.
-        :raises FusionCancelled: the run was cancelled (nothing was written).
+        :raises Cancelled: the run was cancelled (nothing was written).
         :raises Exception: whatever the computation or the commit raised (nothing was written).
         """
         if self._thread.is_alive():
-            raise RuntimeError("the fusion is still running; call finish() once isRunning() is False")
+            raise RuntimeError(f"the {self.what} is still running; call finish() once isRunning() is False")
         if self._finished:
-            raise RuntimeError("finish() was already called for this fusion")
+            raise RuntimeError(f"finish() was already called for this {self.what}")
         self._finished = True
         if self._error is not None:
             raise self._error
         if self.cancelEvent.is_set():
-            raise FusionCancelled("fusion cancelled; the scene was not changed")
-        return self.core.commit(self.job, self._computation)
+            raise self._cancelled()
+        return self._commit(self._computation)
+
+
+class BackgroundFusion(_BackgroundRun):
+    """Runs :meth:`MedFusionLogicCore.compute` in a thread; :meth:`finish` calls :meth:`MedFusionLogicCore.commit`.
+
+    :param core: the logic that prepared ``job``.
+    :param job: a :class:`FusionJob` from :meth:`MedFusionLogicCore.prepare`.
+
+    :meth:`finish` returns a :class:`MedFusionResult`, or raises :class:`FusionCancelled` when the
+    run was cancelled; cancel is honoured between slice batches.
+    """
+
+    what = "fusion"
+
+    def _compute(self, progress: ProgressCallback, cancel: CancelFlag) -> FusionComputation:
+        return self.core.compute(self.job, progress=progress, cancel=cancel)
+
+    def _commit(self, computation: FusionComputation) -> MedFusionResult:
+        return self.core.commit(self.job, computation)
+
+    def _cancelled(self) -> Cancelled:
+        return FusionCancelled("fusion cancelled; the scene was not changed")
+
+
+class BackgroundTraining(_BackgroundRun):
+    """Runs :meth:`MedFusionLogicCore.computeTraining` in a thread; :meth:`finish` writes the model file.
+
+    :param core: the logic that prepared ``job``.
+    :param job: a :class:`TrainingJob` from :meth:`MedFusionLogicCore.prepareTraining`.
+
+    :meth:`finish` returns a :class:`MedFusionTrainingResult`, or raises :class:`TrainingCancelled`
+    when the run was cancelled (no file is written); cancel is honoured between slices and at every
+    validation step (about 25 per run).
+    """
+
+    what = "training"
+
+    def _compute(self, progress: ProgressCallback, cancel: CancelFlag) -> TrainingComputation:
+        return self.core.computeTraining(self.job, progress=progress, cancel=cancel)
+
+    def _commit(self, computation: TrainingComputation) -> MedFusionTrainingResult:
+        return self.core.commitTraining(self.job, computation)
+
+    def _cancelled(self) -> Cancelled:
+        return TrainingCancelled("training cancelled; no model file was written")
 
 
 __all__ = [
     "BackgroundFusion",
+    "BackgroundTraining",
     "Cancelled",
     "CancelFlag",
     "DEFAULT_PLOT_METRICS",
+    "DEFAULT_TRAINING_BLOCK_SIZES",
+    "DEFAULT_TRAINING_ITERATIONS",
     "DEVICES",
     "FusionCancelled",
     "FusionComputation",
@@ -1017,6 +1600,11 @@ __all__ = [
     "InputError",
     "MedFusionLogicCore",
     "MedFusionResult",
+    "MedFusionTrainingResult",
+    "TRAINING_FAMILIES",
+    "TrainingCancelled",
+    "TrainingComputation",
+    "TrainingJob",
     "geometry_from_ijk_to_ras",
     "ijk_to_ras_from_geometry",
 ]
