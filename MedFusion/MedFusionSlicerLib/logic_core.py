@@ -1425,12 +1425,7 @@ class MedFusionLogicCore:
         :returns: a :class:`MedFusionTrainingResult`.
         :raises InputError: the destination became unusable meanwhile (folder gone, file created, ...).
         """
-        from MedFusionLib.io import atomic_output
-
-        # atomic_output refuses the protected inputs; FusionModel.save writes its own format (itself
-        # atomically, inside the outer temporary folder, which is then renamed into place).
-        with atomic_output(job.outputModelPath, overwrite=job.overwrite, protected_paths=job.protectedPaths) as temporary:
-            computation.model.save(temporary, overwrite=True)
+        computation.model.save(job.outputModelPath, overwrite=job.overwrite, protected_paths=job.protectedPaths)
         history = computation.history
         return MedFusionTrainingResult(
             modelPath=job.outputModelPath,

@@ -191,11 +191,14 @@ class FusionModel:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    def save(
+        self, path: str | os.PathLike, overwrite: bool = True, protected_paths: Sequence[str | os.PathLike] = ()
+    ) -> Path:
         """Write the model atomically (temporary file in the same folder, then rename).
 
         :param path: destination, conventionally ``*.pt``.
         :param overwrite: replace an existing file.
+        :param protected_paths: files the model may never replace (e.g. the training inputs).
         """
         from ..io import atomic_output
 
@@ -206,7 +209,7 @@ class FusionModel:
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
         }
         path = Path(path)
-        with atomic_output(path, overwrite=overwrite) as temporary:
+        with atomic_output(path, overwrite=overwrite, protected_paths=protected_paths) as temporary:
             torch.save(payload, temporary)
         return path
 
