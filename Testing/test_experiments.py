@@ -44,12 +44,17 @@ from MedFusionLib.experiments import (
     run_convergence,
 )
 from MedFusionLib.experiments import compare as compare_module
+from MedFusionLib.experiments import tables as tables_module
+from MedFusionLib.experiments._common import output_digest
 from MedFusionLib.experiments.cli import add_experiment_parser
 from MedFusionLib.experiments.convergence import moving_average
-from MedFusionLib.experiments.data import PAPER_PAIRS
+from MedFusionLib.experiments.data import PAPER_PAIRS, Case
+from MedFusionLib.experiments.paper_tables import PAPER_TABLES, paper_metrics
 from MedFusionLib.experiments.perturbation import KINDS, noise_generator
+from MedFusionLib.experiments.repeat_training import repeat_trainings, weights_digest
 from MedFusionLib.fusion import fuse
 from MedFusionLib.metrics import HIGHER, LOWER, METRICS, evaluate
+from MedFusionLib.recipes import recipe, train_recipe
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -364,14 +369,14 @@ def test_full_quick_run_report_embeds_every_figure_and_config(tmp_path, cases):
         assert base64.b64decode(data) == (folder / "figures" / f"{name}.png").read_bytes()
     config = json.loads(html.unescape(re.search(r'<pre id="config">(.*?)</pre>', page, re.S).group(1)))
     record = json.loads((folder / "run.json").read_text())
-    assert config == record["studies"] and set(config) == {"compare", "repeat", "block_size", "perturbation",
-                                                             "convergence"}
+    assert config == record["studies"] and set(config) == {"compare", "tables", "repeat", "block_size",
+                                                             "perturbation", "convergence"}
     assert config["compare"]["seed"] == 5 and config["perturbation"]["levels"]["gaussian"] == [0.02, 0.05]
     assert record["environment"]["cpu_count"] >= 1 and record["environment"]["torch"] in page
     assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing external
     # every CSV parses, rectangular, with numbers where numbers belong
     csvs = sorted(folder.glob("*.csv"))
-    assert len(csvs) == 13  # compare 3, repeat 3, block size 2, perturbation 2, convergence 3
+    assert len(csvs) == 18  # compare 3, tables 5, repeat 3, block size 2, perturbation 2, convergence 3
     for path in csvs:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
@@ -379,6 +384,11 @@ def test_full_quick_run_report_embeds_every_figure_and_config(tmp_path, cases):
     rows = read_csv(folder / "compare_rows.csv")
     assert all(isinstance(r["QABF"], float) and isinstance(r["time_s"], float) for r in rows)
     assert len(rows) == len(cases) * 2
+    # the papers' tables: a quick DBM trained for paper 000's table, the printed values on the page
+    assert config["tables"]["dbm"]["iterations"] == 20 and config["tables"]["tables"]["table3"]["counterpart"] == \
+        "dbm model"
+    assert "The papers' tables, reproduced" in html.unescape(page)
+    assert "41.06" in page and "0.8911" in page  # Table 3 Test-1 RMSE 41.0644, Table 2 Test 1 Q^AB/F
     # rebuilding the report from the folder alone gives the same page (the figures are deterministic)
     assert build_report(folder).read_text(encoding="utf-8").count("data:image/png;base64,") == len(names)
 
@@ -404,3 +414,200 @@ def test_cli_runs_a_study_and_rebuilds_a_report(tmp_path, capsys):
     rows = read_csv(run / "perturbation_rows.csv")
     assert {(r["kind"], r["level"]) for r in rows} == {("gaussian", 0.0), ("gaussian", 0.05)}
     assert not (run / "report.html").exists()
+
+
+# ---------------------------------------------------------------------- the papers' tables
+
+PAPERS = Path(__file__).resolve().parents[2] / "shared" / "papers"
+
+
+def test_paper_tables_are_whole_and_self_consistent():
+    assert [(t.paper, t.number) for t in PAPER_TABLES.values()] == [("002", 1), ("002", 2), ("000", 3)]
+    for table in PAPER_TABLES.values():
+        assert len({c.label for c in table.columns}) == len(table.columns)
+        assert all(c.metric in METRICS or c.metric == "time_s" for c in table.columns)
+        for block in table.blocks:
+            assert len(block.values) == 10 and all(len(row) == len(table.columns) for row in block.values)
+    # paper 002, Table 1 is on [0, 1]: PSNR = 20 log10(1 / RMSE) (to the printed rounding), and H == ENT
+    t1 = PAPER_TABLES["table1"]
+    col = {c.label: j for j, c in enumerate(t1.columns)}
+    for row in t1.blocks[0].values:
+        assert row[col["PSNR"]] == pytest.approx(20 * math.log10(1 / row[col["RMSE"]]), abs=0.012)
+        assert row[col["H"]] == row[col["ENT"]]
+    # paper 000, Table 3 is on 0-255: PSNR = 20 log10(255 / RMSE) in every row but Test-6 (a remark)
+    t3 = PAPER_TABLES["table3"]
+    col = {c.label: j for j, c in enumerate(t3.columns)}
+    off = [k + 1 for k, row in enumerate(t3.blocks[0].values)
+           if abs(row[col["PSNR"]] - 20 * math.log10(255 / row[col["RMSE"]])) > 1e-3]
+    assert off == [6] and any("Test-6" in r for r in t3.remarks)
+    # the Q indices lie in [0, 1] as the paper says
+    assert all(0 <= v <= 1 for b in PAPER_TABLES["table2"].blocks for row in b.values for v in row)
+    assert paper_metrics()[:3] == ["RMSE", "PSNR", "CE"] and "time_s" not in paper_metrics()
+
+
+@pytest.mark.skipif(not PAPERS.is_dir(), reason="the papers' text files (../shared/papers) are not here")
+def test_paper_tables_match_the_papers_text():
+    """Every transcribed value against the extraction, row by row (the rows start 'Test')."""
+    def printed(name: str, first: int, count: int) -> list[tuple[float, ...]]:
+        lines = (PAPERS / name).read_text(encoding="utf-8").splitlines()[first - 1:]
+        rows = [line.split("\t") for line in lines if line.startswith("Test")][:count]
+        return [tuple(float(v) for v in row[1:]) for row in rows]
+
+    assert printed("002_6aa670839a80a403.txt", 188, 10) == list(PAPER_TABLES["table1"].blocks[0].values)
+    both = printed("002_6aa670839a80a403.txt", 204, 10)
+    assert [r[:4] for r in both] == list(PAPER_TABLES["table2"].blocks[0].values)
+    assert [r[4:] for r in both] == list(PAPER_TABLES["table2"].blocks[1].values)
+    assert printed("000_c6e9e2eaf8fd772c.txt", 197, 10) == list(PAPER_TABLES["table3"].blocks[0].values)
+    headers = (PAPERS / "000_c6e9e2eaf8fd772c.txt").read_text(encoding="utf-8").splitlines()[199].split("\t")
+    assert headers[1:] == ["Indices EOG", *[c.label for c in PAPER_TABLES["table3"].columns][1:]]
+
+
+def test_tables_study_puts_evaluate_numbers_beside_the_printed_ones(tmp_path, cases):
+    result = tables_module.run_tables(tmp_path / "runs", cases, methods=["average", "laplacian"], dbm=None,
+                                      time_repeats=2, report=False)
+    folder = result.folder
+    assert {p.stem for p in folder.glob("*.csv")} == {"paper_table1", "paper_table2", "paper_table3",
+                                                       "tables_summary", "tables_scores"}
+    t1 = read_csv(folder / "paper_table1.csv")
+    t2 = read_csv(folder / "paper_table2.csv")
+    t3 = read_csv(folder / "paper_table3.csv")
+    # table 1's pair is not stated: both pairs; table 2: one block per pair; table 3: CT and MRI only
+    assert len(t1) == 2 * 2 * 2 and len(t2) == 2 * 2 * 2 and len(t3) == 1 * 2 * 2
+    assert {r["pair"] for r in t3} == {"CT+MRI_T1"}
+    assert {(r["paper_pair"], r["pair"]) for r in t2} == {("CT and MRI", "CT+MRI_T1"),
+                                                          ("MRI and SPECT", "MRI_T1+SPECT")}
+    # our numbers: evaluate() on the same fusion, on the paper's scale
+    case = cases[3]  # MRI_T1+SPECT, its second group: Test 2
+    scores = evaluate(fuse(list(case.inputs), model="laplacian").image, list(case.inputs), case.target,
+                      data_range=(0, 1))
+    row = next(r for r in t1 if r["method"] == "laplacian" and r["group"] == case.name)
+    assert row["test"] == 2 and row["pair"] == "MRI_T1+SPECT"
+    assert row["RMSE"] == scores["RMSE"] * (1 / 255) and row["PSNR"] == scores["PSNR"]
+    assert row["Entropy"] == scores["CE"] and row["ENT"] == scores["EN"] and row["H"] == scores["H"]
+    assert row["Mean"] == scores["MEAN"] * (1 / 255) and row["SSIM"] == scores["SSIM"]
+    assert row["Time (s)"] > 0
+    row2 = next(r for r in t2 if r["method"] == "laplacian" and r["group"] == case.name)
+    assert row2["QAB/F"] == scores["QABF"] and row2["Q0"] == scores["Q0"]
+    row3 = next(r for r in t3 if r["method"] == "laplacian" and r["test"] == 1)
+    first = cases[0]
+    assert row3["EOG"] == evaluate(fuse(list(first.inputs), model="laplacian").image, list(first.inputs),
+                                   first.target, ["EOG"], data_range=(0, 1))["EOG"]
+    # the printed values beside them: the transcription's, test for test
+    assert row["RMSE [paper]"] == PAPER_TABLES["table1"].blocks[0].values[1][0] == 0.3273
+    assert row2["QAB/F [paper]"] == PAPER_TABLES["table2"].blocks[1].values[1][3] == 0.2431
+    assert row3["TIME (s) [paper]"] == 1.9843 and row3["RMSE [paper]"] == 41.0644
+    # the summary: our mean over our rows, the paper's over its ten printed tests
+    summary = read_csv(folder / "tables_summary.csv")
+    cell = next(r for r in summary if r["table"] == "table3" and r["method"] == "average" and r["column"] == "RMSE")
+    ours = [r["RMSE"] for r in t3 if r["method"] == "average"]
+    assert cell["mean"] == pytest.approx(np.mean(ours)) and cell["n"] == 2
+    printed = [v[1] for v in PAPER_TABLES["table3"].blocks[0].values]
+    assert cell["paper_mean"] == pytest.approx(np.mean(printed)) and cell["paper_min"] == 17.4056
+    assert cell["within_paper_range"] is (min(printed) <= cell["mean"] <= max(printed))
+    # repeated fusions of a deterministic baseline: bit-identical; no learned model: no counterpart
+    assert all(r["bit_identical"] and r["time_repeats"] == 2 for r in read_csv(folder / "tables_scores.csv"))
+    assert not any(r["counterpart"] for r in t1 + t2 + t3)
+
+
+def test_tables_study_takes_a_dbm_as_paper_000s_counterpart(cases, tmp_path):
+    torch.manual_seed(0)
+    dbm = FusionModel.create("dbm", 2, 8, layer_sizes=(16,))
+    result = tables_module.reproduce_tables(cases[:1] + cases[2:3], ["average"], dbm=dbm, time_repeats=1)
+    assert result.config["tables"]["table3"]["counterpart"] == "dbm model"
+    assert result.config["tables"]["table1"]["counterpart"] == "dbm model"  # no CNN in the run: the DBM stands in
+    assert {r["method"] for r in result.tables["paper_table3"] if r["counterpart"]} == {"dbm model"}
+    with pytest.raises(InputError, match="not a DBM"):
+        tables_module.reproduce_tables(cases[:1], ["average"], dbm="laplacian")
+    with pytest.raises(InputError, match="not a DBM"):  # the suite refuses it before any study runs
+        run_all(tmp_path / "out", cases, studies=["compare", "tables"], methods=["average"], dbm="laplacian")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_tables_match_pairs_by_modality_and_refuse_unusable_data(cases, tmp_path):
+    assert tables_module.modality_classes("MRI_T2+SPECT") == ("MRI", "SPECT")
+    assert tables_module.modality_classes("CT+MRI") == tables_module.modality_classes("MRI_T1+CT") == ("CT", "MRI")
+    assert tables_module.modality_classes("all") is None
+    relabelled = [Case(f"mine-{k}", "CT+MRI", c.inputs, c.target) for k, c in enumerate(cases[:2])]
+    result = tables_module.reproduce_tables(relabelled, ["average"], dbm=None, time_repeats=1)
+    assert {r["pair"] for r in result.tables["paper_table3"]} == {"CT+MRI"}  # your CT+MRI fills their CT and MRI
+    assert result.tables["paper_table2"] and {r["paper_pair"] for r in result.tables["paper_table2"]} == {"CT and MRI"}
+    unlabelled = [Case(c.name, "all", c.inputs, c.target) for c in cases]
+    untargeted = [Case(c.name, c.pair, c.inputs, None) for c in cases]
+    assert "modality pairs" in tables_module.applicable(unlabelled)
+    assert "target" in tables_module.applicable(untargeted)
+    with pytest.raises(InputError, match="target"):
+        tables_module.reproduce_tables(untargeted, ["average"], dbm=None)
+    # the whole suite skips the study on such data, says why, and runs the rest
+    results = run_all(tmp_path / "out", unlabelled, studies=["tables", "repeat"], methods=["average"], quick=True,
+                      report=False)
+    record = json.loads((results["repeat"].folder / "run.json").read_text())
+    assert "modality pairs" in record["studies"]["tables"]["skipped"]
+    assert not list(results["repeat"].folder.glob("paper_table*.csv"))
+
+
+# ---------------------------------------------------------------------- repeated training
+
+
+def _tiny_recipe() -> dict:
+    spec = recipe("smoke")
+    spec["training"] = TrainingConfig(iterations=6, batch_size=4, validation_every=3, validation_blocks=8,
+                                      patience=None, seed=0, device="cpu")
+    return spec
+
+
+def test_repeated_training_same_seed_is_bit_identical_other_seeds_spread(cases):
+    start = torch.get_num_threads()
+
+    def meddle(fraction: float, message: str) -> None:
+        # something between trainings changes torch's thread count (scoring did, through numba's
+        # OpenMP kernels): the weights' last bits depend on it, so the study must pin it
+        if "training run" in message:
+            torch.set_num_threads(start + 1)
+
+    result = repeat_trainings(cases[:2], 2, recipe=_tiny_recipe(), seed=0, progress=meddle)
+    assert result.config["training_threads"] == start and torch.get_num_threads() == start
+    runs, summary = result.tables["repeat_training_runs"], result.tables["repeat_training_summary"]
+    determinism = {r["mode"]: r for r in result.tables["repeat_training_determinism"]}
+    assert len(runs) == 2 * 2 * 2  # modes x runs x groups
+    same, different = determinism["same"], determinism["different"]
+    assert same["distinct_weights"] == 1 and same["bit_identical_weights"] and same["bit_identical_outputs"]
+    assert same["max_abs_difference"] == 0.0 and same["largest_metric_std"] == 0.0
+    assert all(r["std"] == 0.0 for r in summary if r["mode"] == "same" and r["quantity"] != "time_s")
+    assert different["training_seeds"] == "0 1" and different["distinct_weights"] == 2
+    assert different["distinct_outputs"] == 2 and different["max_abs_difference"] > 0
+    spread_all = {r["quantity"]: r for r in summary if r["mode"] == "different" and r["group"] == "all"}
+    assert spread_all["final_loss"]["std"] > 0 and spread_all["QABF"]["std"] > 0
+    # seed 0 is seed 0 in either mode, and outside the study: training is reproducible
+    weights = {r["weights_sha256"] for r in runs if r["training_seed"] == 0}
+    assert len(weights) == 1
+    model, _ = train_recipe(_tiny_recipe())
+    assert weights_digest(model) == weights.pop()
+    case = cases[1]
+    fused = fuse(list(case.inputs), model=model).image
+    row = next(r for r in runs if r["mode"] == "same" and r["run"] == 2 and r["group"] == case.name)
+    assert row["output_sha256"] == output_digest(fused)
+    assert row["QABF"] == evaluate(fused, list(case.inputs), case.target, ["QABF"], data_range=(0, 1))["QABF"]
+    with pytest.raises(InputError):
+        repeat_trainings(cases[:1], 1, recipe=_tiny_recipe())  # one training has no spread
+    with pytest.raises(InputError, match="unknown mode"):
+        repeat_trainings(cases[:1], 2, recipe=_tiny_recipe(), seeds=["sometimes"])
+
+
+def test_repeat_study_trains_on_request_from_the_cli(tmp_path):
+    parser = argparse.ArgumentParser(prog="medfusion")
+    add_experiment_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["experiment", "repeat", "-o", str(tmp_path), "--name", "r", "--quick", "--methods",
+                              "average", "--per-pair", "1", "--size", "48", "--repeats", "2", "--repeat-training",
+                              "2", "--training-seeds", "same", "-q"])
+    assert args.handler(args) == 0
+    folder = tmp_path / "r"
+    (row,) = read_csv(folder / "repeat_training_determinism.csv")
+    assert row["mode"] == "same" and row["bit_identical_weights"] is True and row["distinct_outputs"] == 1
+    record = json.loads((folder / "run.json").read_text())
+    assert record["studies"]["repeat"]["training"]["seeds"] == {"same": [0, 0]}
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "Repeated training" in page and 'id="fig-repeat_training"' in page
+    refused = parser.parse_args(["experiment", "repeat", "-o", str(tmp_path), "--repeat-training", "1", "-q"])
+    with pytest.raises(InputError):
+        refused.handler(refused)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # refused before a folder was made

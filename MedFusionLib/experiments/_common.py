@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -76,6 +77,12 @@ def score(fused: np.ndarray, sources: Sequence[np.ndarray], target: np.ndarray |
     """:func:`~MedFusionLib.metrics.evaluate` on the [0, 1] scale; target metrics only with a target."""
     keys = None if metrics is None else [k for k in metrics if target is not None or METRICS[k].family != "target"]
     return evaluate(fused, list(sources), target, keys, data_range=DATA_RANGE)
+
+
+def output_digest(image: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes: equal digests = bit-identical outputs."""
+    array = np.ascontiguousarray(image)
+    return hashlib.sha256(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()
 
 
 def seed_everything(seed: int) -> None:

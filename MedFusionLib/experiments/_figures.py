@@ -210,3 +210,28 @@ def image_grid(name: str, sources: Sequence[np.ndarray], target: np.ndarray | No
     figure.subplots_adjust(left=0.01, right=0.93, bottom=0.02, top=1 - 0.55 / figure.get_figheight(),
                            wspace=0.06, hspace=0.3)
     return figure
+
+
+def training_runs(runs: Sequence[Row], quantities: Sequence[str]) -> Figure:
+    """Repeated training: one panel per metric, one dot per trained model (its mean over the groups),
+    grouped by seed mode -- identical dots are what reproducible training looks like."""
+    modes = list(dict.fromkeys(r["mode"] for r in runs))
+    figure, axes = _grid(max(len(quantities), 1), size=(3.4, 2.9))
+    colours = plt.get_cmap("tab10")
+    for axis, quantity in zip(axes, quantities):
+        for m, mode in enumerate(modes):
+            mine = [r for r in runs if r["mode"] == mode and r.get(quantity) is not None]
+            run_ids = list(dict.fromkeys(r["run"] for r in mine))
+            means = [float(np.mean([r[quantity] for r in mine if r["run"] == run])) for run in run_ids]
+            offsets = np.linspace(-0.15, 0.15, len(means)) if len(means) > 1 else np.zeros(1)
+            axis.plot(m + offsets, means, "o", ms=5, color=colours(m % 10), label=f"{mode} seed")
+        axis.set_xticks(range(len(modes)), [f"{mode} seed" for mode in modes], fontsize=7)
+        axis.set_xlim(-0.6, len(modes) - 0.4)
+        axis.set_xlabel("training seeds", fontsize=8)
+        axis.set_ylabel(quantity_label(quantity), fontsize=8)
+        axis.tick_params(axis="y", labelsize=7)
+        axis.ticklabel_format(axis="y", useOffset=False)
+        axis.grid(axis="y", alpha=0.3)
+    _title_and_legend(figure, axes[0], "Repeated training: each trained model's mean over the groups",
+                      "dot: one trained model", len(modes))
+    return figure

@@ -179,7 +179,9 @@ def _cell(value: Any) -> Any:
 
 
 #: Columns that always hold text (a case named "001" must stay "001").
-TEXT_COLUMNS = frozenset({"group", "pair", "method", "kind", "disturbance", "quantity", "direction", "output_sha256"})
+TEXT_COLUMNS = frozenset({"group", "pair", "method", "kind", "disturbance", "quantity", "direction", "output_sha256",
+                          "mode", "training_seeds", "weights_sha256", "table", "paper_pair", "column", "metric",
+                          "family", "largest_std_metric"})
 
 
 def read_csv(path: str | os.PathLike) -> list[Row]:

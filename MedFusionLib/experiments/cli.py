@@ -10,6 +10,8 @@ Examples::
 
     medfusion experiment all --quick -o results          # every study, one folder, one report
     medfusion experiment compare --data cases.csv -o results --methods default,laplacian
+    medfusion experiment tables -o results                # the papers' Tables 1-3 beside ours
+    medfusion experiment repeat --repeat-training 3       # also 3 trainings per seed mode
     medfusion experiment perturbation --gaussian 0.01,0.02,0.05 --salt-pepper 0.01,0.05
     medfusion experiment convergence --history my_model.pt.history.json
     medfusion experiment report results/compare-20260101-120000
@@ -23,7 +25,7 @@ from typing import Any
 
 from ..errors import InputError
 
-_SUBCOMMANDS = ("all", "compare", "repeat", "block-size", "perturbation", "convergence", "report")
+_SUBCOMMANDS = ("all", "compare", "tables", "repeat", "block-size", "perturbation", "convergence", "report")
 
 
 def _floats(text: str) -> list[float]:
@@ -73,6 +75,17 @@ def _add_methods(p: argparse.ArgumentParser) -> None:
 def _add_study_options(p: argparse.ArgumentParser, study: str) -> None:
     if study in ("repeat", "all"):
         p.add_argument("--repeats", type=int, help="repeats per fusion (default 50; quick 2)")
+        p.add_argument("--repeat-training", type=int, metavar="R",
+                       help="also train R models per seed mode (same seed / different seeds), fuse and score "
+                            "with each: the spread training adds and whether it is bit-reproducible (R >= 2)")
+        p.add_argument("--training-recipe", default="smoke",
+                       help="recipe of the repeated trainings (default smoke: seconds per model)")
+        p.add_argument("--training-seeds", type=_names, default=["same", "different"],
+                       help="seed modes: same, different or both (default same,different)")
+    if study in ("tables", "all"):
+        p.add_argument("--dbm", default="train",
+                       help="DBM model for paper 000's table: a .pt file of family dbm, 'train' (train a "
+                            "shortened DBM here, 20-40 s; the default) or 'none'")
     if study in ("block-size", "all"):
         p.add_argument("--exponents", type=_ints, help="i values, n = 2^i (default 1,2,3,4; quick 1,2)")
         p.add_argument("--model", default="default", help="learned model fused in block mode (default: shipped)")
@@ -101,6 +114,7 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
     studies = parser.add_subparsers(dest="experiment_study", metavar="STUDY", required=True)
     helps = {"all": "every study into one folder and one report",
              "compare": "every method on every group: metrics, time, mean ± std and ranks per pair",
+             "tables": "the papers' Tables 1-3 filled with our numbers, beside the values they print",
              "repeat": "each fusion repeated: spread and bit-identical outputs",
              "block-size": "block mode at n = 2^i: metrics and time against i",
              "perturbation": "Gaussian / salt-and-pepper disturbed inputs at graded levels",
@@ -114,7 +128,7 @@ def add_experiment_parser(subparsers: Any) -> argparse.ArgumentParser:
             _add_run_options(p)
             if study != "convergence":
                 _add_data_options(p)
-            if study in ("all", "compare", "repeat", "perturbation"):
+            if study in ("all", "compare", "tables", "repeat", "perturbation"):
                 _add_methods(p)
             _add_study_options(p, study)
         p.set_defaults(handler=command_experiment)
@@ -136,6 +150,11 @@ def _cases(args: argparse.Namespace, module: Any) -> Any:
     return phantom_dataset(args.per_pair or spec["count_per_pair"], pairs, shape, args.data_seed)
 
 
+def _dbm(text: str | None) -> str | None:
+    """``--dbm``: 'none' -> None (no DBM row), else 'train' or a model path as given."""
+    return None if text is None or text.strip().lower() == "none" else text
+
+
 def _levels(args: argparse.Namespace) -> dict[str, list[float]] | None:
     chosen = {kind: values for kind, values in (("gaussian", args.gaussian), ("salt_and_pepper", args.salt_pepper),
                                                 ("speckle", args.speckle)) if values}
@@ -145,7 +164,7 @@ def _levels(args: argparse.Namespace) -> dict[str, list[float]] | None:
 def command_experiment(args: argparse.Namespace) -> int:
     """Run one study (or all, or the report) as the options say; print where the results are."""
     from ..cli import ProgressBar  # here, not at import: MedFusionLib.cli imports this module
-    from . import block_size, compare, convergence, perturbation, repeat
+    from . import block_size, compare, convergence, perturbation, repeat, tables
     from .report import build_report
     from .suite import run_all
 
@@ -168,6 +187,8 @@ def command_experiment(args: argparse.Namespace) -> int:
             data = {"data_seed": args.data_seed, "device": device}
             if study == "all":
                 results = run_all(args.output, _cases(args, compare), methods=args.methods, repeats=args.repeats,
+                                  training_repeats=args.repeat_training, training_recipe=args.training_recipe,
+                                  training_seeds=args.training_seeds, dbm=_dbm(args.dbm),
                                   exponents=args.exponents, block_model=args.model, train=args.train,
                                   levels=_levels(args), draws=args.draws, history=args.history,
                                   window=args.window, tolerance=args.tolerance, **data, **common)
@@ -175,9 +196,14 @@ def command_experiment(args: argparse.Namespace) -> int:
             elif study == "compare":
                 folder = compare.run_compare(args.output, _cases(args, compare), methods=args.methods,
                                              **data, **common).folder
+            elif study == "tables":
+                folder = tables.run_tables(args.output, _cases(args, tables), methods=args.methods,
+                                           dbm=_dbm(args.dbm), **data, **common).folder
             elif study == "repeat":
                 folder = repeat.run_repeat(args.output, _cases(args, repeat), methods=args.methods,
-                                           repeats=args.repeats, **data, **common).folder
+                                           repeats=args.repeats, training_repeats=args.repeat_training,
+                                           training_recipe=args.training_recipe,
+                                           training_seeds=args.training_seeds, **data, **common).folder
             elif study == "block-size":
                 folder = block_size.run_block_size(args.output, _cases(args, block_size), exponents=args.exponents,
                                                    model=args.model, train=args.train, **data, **common).folder

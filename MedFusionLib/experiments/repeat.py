@@ -12,11 +12,14 @@ Tables:
 Metrics are computed once per distinct output (an identical output has identical
 scores, so re-scoring it would only cost time); the time is measured on every repeat.
 A deterministic method therefore shows zero spread in every metric and only timing noise.
+
+On request (``training_repeats=R``, ``--repeat-training R``) the study also trains R small
+models per seed mode (same seed / different seeds) and fuses with each:
+:mod:`MedFusionLib.experiments.repeat_training` (tables ``repeat_training_*``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Iterable, Sequence
 
@@ -29,6 +32,7 @@ from ._common import (
     TIME_COLUMN,
     fuse_case,
     metric_columns,
+    output_digest,
     resolve_methods,
     score,
     seed_everything,
@@ -55,11 +59,6 @@ QUICK = {"count_per_pair": 2, "pairs": PAPER_PAIRS, "shape": (96, 96), "repeats"
 def default_cases(quick: bool = False, data_seed: int = 0, shape: tuple[int, int] | None = None) -> list[Case]:
     spec = QUICK if quick else FULL
     return phantom_dataset(spec["count_per_pair"], spec["pairs"], shape or spec["shape"], data_seed)
-
-
-def _digest(image: np.ndarray) -> str:
-    array = np.ascontiguousarray(image)
-    return hashlib.sha256(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()
 
 
 def repeat_fusions(
@@ -99,7 +98,7 @@ def repeat_fusions(
             largest = 0.0
             for r in range(1, repeats + 1):
                 result = fuse_case(case, method, device=device)
-                digest = _digest(result.image)
+                digest = output_digest(result.image)
                 if digest not in scores:
                     scores[digest] = score(result.image, case.inputs, case.target)
                 if first is None:
@@ -140,6 +139,9 @@ def run_repeat(
     *,
     methods: Iterable[Method] | None = None,
     repeats: int | None = None,
+    training_repeats: int | None = None,
+    training_recipe: str | dict = "smoke",
+    training_seeds: Sequence[str] = ("same", "different"),
     quick: bool = False,
     data_seed: int = 0,
     device: str | None = None,
@@ -153,12 +155,34 @@ def run_repeat(
     """Run the repeatability study into a new run folder ``<out>/repeat-YYYYmmdd-HHMMSS``.
 
     :param repeats: R (default 50; quick 2).
+    :param training_repeats: on request, also train this many models per seed mode and fuse with
+        each (:func:`~MedFusionLib.experiments.repeat_training.repeat_trainings`); None: no training.
+    :param training_recipe: the recipe trained (default ``smoke``: seconds per model).
+    :param training_seeds: ``"same"`` (R trainings with one seed) and/or ``"different"`` (R seeds).
     Other parameters as in :func:`MedFusionLib.experiments.compare.run_compare`.
     """
+    from .repeat_training import repeat_trainings
+
     spec = QUICK if quick else FULL
+    if training_repeats is not None:  # fail before the folder and the fusions, not after them
+        from ..recipes import recipe
+        from .repeat_training import training_seeds as seeds_of
+
+        check_int(training_repeats, "training repeats", minimum=2)
+        if isinstance(training_recipe, str):
+            recipe(training_recipe)
+        for mode in training_seeds:
+            seeds_of(mode, 1, seed)
     with open_run(out, STUDY, name=name, force=force, run=run, report=report) as folder:
         data = default_cases(quick, data_seed) if cases is None else cases
+        share = 1.0 if training_repeats is None else 0.5  # of the progress bar for the repeated fusions
         result = repeat_fusions(data, methods, repeats=repeats or spec["repeats"], device=device, seed=seed,
-                                progress=progress)
+                                progress=lambda f, m: progress(share * f, m))
+        if training_repeats is not None:
+            trained = repeat_trainings(data, training_repeats, recipe=training_recipe, seeds=training_seeds,
+                                       seed=seed, device=device,
+                                       progress=lambda f, m: progress(share + (1 - share) * f, f"training: {m}"))
+            result.tables.update(trained.tables)
+            result.config["training"] = trained.config
         result.config.update(quick=quick, data_seed=data_seed if cases is None else None)
         return folder.write_study(result)

@@ -166,7 +166,7 @@ def _grid_section(page: _Page, folder: Path) -> None:
                         f"grid_{j}", f"{name}: sources, target, fused image of every method and |fused − target|.")
 
 
-def _repeat_section(page: _Page, tables: dict[str, list[Row]]) -> None:
+def _repeat_section(page: _Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
     from . import _figures as fig
 
     determinism, summary = tables["repeat_determinism"], tables.get("repeat_summary", [])
@@ -189,6 +189,10 @@ def _repeat_section(page: _Page, tables: dict[str, list[Row]]) -> None:
     page.raw(html_table(rows))
     if "repeat_runs" in tables:
         page.figure(fig.time_boxes(tables["repeat_runs"]), "repeat_time", "Fusion time of every repeat, per method.")
+    if "repeat_training_determinism" in tables:
+        from ._report_tables import training_section
+
+        training_section(page, tables, record)
 
 
 def _block_size_section(page: _Page, tables: dict[str, list[Row]]) -> None:
@@ -277,6 +281,10 @@ th,td{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}
 th{background:#eef2f6}td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:12px;color:#555}pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}
+table.paired td{line-height:1.25}table.paired span.paper{color:#777;font-size:11px}
+table.paired tr.printed td{background:#f7f7f2}
+table.notes td,table.notes th{white-space:normal;text-align:left;max-width:760px}
+.note{background:#f4f7fb;border-left:4px solid #9ab;padding:.2em .9em;margin:.6em 0;font-size:13px}
 """
 
 
@@ -305,8 +313,12 @@ def build_report(folder: str | os.PathLike) -> Path:
     page = _Page(run)
     if "compare_summary" in tables:
         _compare_section(page, tables, path)
+    if "tables_summary" in tables:
+        from ._report_tables import paper_tables_section
+
+        paper_tables_section(page, tables, record)
     if "repeat_determinism" in tables:
-        _repeat_section(page, tables)
+        _repeat_section(page, tables, record)
     if "block_size_summary" in tables:
         _block_size_section(page, tables)
     if "perturbation_summary" in tables:
