@@ -369,7 +369,10 @@ def fuse_files(
     from .preprocessing import denoise as denoise_image
     from .preprocessing import register as register_image
 
-    if isinstance(inputs, (str, bytes, Path)) or len(inputs) < 2:
+    if isinstance(inputs, (str, bytes, Path)):
+        raise InputError("inputs: expected a list of at least 2 input files, got one path")
+    inputs = list(inputs)
+    if len(inputs) < 2:
         raise InputError("inputs: give at least 2 input files")
     if modalities is not None and len(modalities) != len(inputs):
         raise InputError(f"modalities: {len(modalities)} given for {len(inputs)} inputs")

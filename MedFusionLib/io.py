@@ -34,6 +34,7 @@ import contextlib
 import gzip
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -303,7 +304,7 @@ def _read_dicom_directory(name: str, series_id: str | None) -> sitk.Image:
             listing = "; ".join(s.summary() for s in series)
             raise InputError(f"{name}: no DICOM series {series_id!r}; available: {listing}")
         chosen = matches[0]
-    _refuse_unreadable_slices(name, series)
+    _refuse_unreadable_slices(name, series, chosen)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     reader.MetaDataDictionaryArrayUpdateOn()  # keep each slice's position for the check below
@@ -329,24 +330,29 @@ def _read_dicom_directory(name: str, series_id: str | None) -> sitk.Image:
     return image
 
 
-def _refuse_unreadable_slices(name: str, series: Sequence[DicomSeries]) -> None:
-    """Refuse a folder holding DICOM files that no series could take: a truncated or corrupt slice.
+def _refuse_unreadable_slices(name: str, series: Sequence[DicomSeries], chosen: DicomSeries) -> None:
+    """Refuse a series with a slice file that GDCM could not take (truncated or corrupt).
 
-    GDCM leaves a file it cannot parse out of every series without a word, so the volume
-    would silently miss that slice. A file counts as DICOM by its ``DICM`` magic or its
-    extension; anything else in the folder (notes, DICOMDIR-like indexes) is ignored.
+    GDCM leaves a file it cannot parse out of the series without a word, so the volume would
+    silently miss that slice. A file is counted as such a slice when no series took it yet its
+    header names the chosen series' UID (a copy cut short loses its pixel data, not its header).
+    Other DICOM objects in the folder (dose reports, presentation states, other series) are left alone.
     """
     listed = {os.path.realpath(f) for s in series for f in s.files}
+    uid = chosen.series_id.encode("ascii", "ignore")
     for entry in sorted(os.listdir(name)):
         path = os.path.join(name, entry)
-        if not os.path.isfile(path) or os.path.realpath(path) in listed or entry.upper() == "DICOMDIR":
+        if not uid or not os.path.isfile(path) or os.path.realpath(path) in listed:
             continue
-        with open(path, "rb") as handle:
-            magic = handle.read(132)[128:]
-        if magic == b"DICM" or entry.lower().endswith((".dcm", ".dicom", ".ima")):
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(65536)
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read {entry} ({exc.strerror})") from None
+        if head[128:132] == b"DICM" and uid in head:
             raise InputError(
-                f"{name}: the DICOM file {entry} cannot be read (truncated or corrupt), so the series "
-                "would miss a slice; replace or remove that file"
+                f"{name}: the DICOM file {entry} of series {chosen.series_id} cannot be read (truncated or "
+                "corrupt), so the volume would miss a slice; replace or remove that file"
             )
 
 
@@ -981,31 +987,50 @@ def check_output_path(path: PathLike, overwrite: bool = False, protected_paths: 
     return folder
 
 
-def remove_stale_temporaries(path: PathLike) -> list[str]:
-    """Remove the hidden temporary folders a killed writer of ``path`` left behind.
+def _temporary_prefix(name: str) -> str:
+    """Prefix of :func:`atomic_output`'s private folders for ``name``: ``.<basename>.<pid>.``."""
+    return f".{os.path.basename(name)}.{os.getpid()}."
 
-    :func:`atomic_output` writes into ``.<name>.<random>.tmp/`` next to ``path``; a process
-    killed mid-write (SIGKILL, power cut) cannot remove it. Re-running the same job calls
-    this first, so the folder ends up holding only finished files. Only folders of exactly
-    that pattern for this file name are touched.
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[str]:
+    """Remove the hidden temporary folders that killed writers of ``path`` left behind.
+
+    :func:`atomic_output` writes into ``.<name>.<pid>.<random>.tmp/`` next to ``path``; a
+    process killed mid-write (SIGKILL, power cut) cannot remove it. ``medfusion fuse`` and
+    :func:`~MedFusionLib.batch.run_batch` call this first, so a re-run leaves only finished
+    files. Only folders of exactly that form for this file name whose process no longer runs
+    (on this machine) are removed, so a concurrent writer of the same file is never disturbed.
 
     :param path: the final file whose leftovers to remove.
     :returns: the names removed.
     """
     name = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(name)) or "."
-    prefix = f".{os.path.basename(name)}."
+    folder = os.path.dirname(os.path.abspath(name))
+    pattern = re.compile(rf"^\.{re.escape(os.path.basename(name))}\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
     removed = []
     try:
         entries = os.listdir(folder)
     except OSError:
         return removed
     for entry in entries:
+        match = pattern.match(entry)
         candidate = os.path.join(folder, entry)
-        if entry.startswith(prefix) and entry.endswith(".tmp") and os.path.isdir(candidate) \
-                and not os.path.islink(candidate):
-            shutil.rmtree(candidate, ignore_errors=True)
-            removed.append(entry)
+        if match is None or not os.path.isdir(candidate) or os.path.islink(candidate):
+            continue
+        if _process_alive(int(match.group(1))):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(entry)
     return removed
 
 
@@ -1024,7 +1049,8 @@ def atomic_output(
     file written there is flushed to disk and renamed into the destination
     folder (side files first, ``path`` last); on an exception the temporary
     folder is removed and nothing appears at ``path``. If the process is
-    killed, at most a hidden ``.<name>.*.tmp`` folder remains.
+    killed, at most a hidden ``.<name>.<pid>.*.tmp`` folder remains (see
+    :func:`remove_stale_temporaries`).
 
     Example::
 
@@ -1040,7 +1066,7 @@ def atomic_output(
     protected = [os.fspath(p) for p in protected_paths]
     folder = check_output_path(name, overwrite, protected)
     try:
-        work = tempfile.mkdtemp(prefix=f".{os.path.basename(name)}.", suffix=".tmp", dir=folder)
+        work = tempfile.mkdtemp(prefix=_temporary_prefix(name), suffix=".tmp", dir=folder)
     except OSError as exc:
         raise InputError(f"{folder}: cannot create a file in the output folder ({exc.strerror})") from None
     temporary = os.path.join(work, os.path.basename(name))

@@ -877,3 +877,38 @@ def test_atomic_output_never_clobbers_a_file_that_appears_after_the_checks(tmp_p
             monkeypatch.setattr(medio, "_check_destination", lambda *args, **kwargs: None)
     assert target.read_text() == "theirs"
     assert only_files(tmp_path) == ["race2.csv"]
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from MedFusionLib.io import remove_stale_temporaries
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)  # that process has exited
+    stale = tmp_path / f".fused.nii.gz.{dead}.abc123_x.tmp"
+    live = tmp_path / f".fused.nii.gz.{os.getpid()}.def456.tmp"  # a writer still running (this process)
+    unrelated = [tmp_path / ".fused.nii.gz.notapid.tmp", tmp_path / f".fused.{dead}.abc.tmp",
+                 tmp_path / f"fused.nii.gz.{dead}.abc.tmp"]
+    for folder in [stale, live, *unrelated]:
+        folder.mkdir()
+        (folder / "fused.nii.gz").write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path / "fused.nii.gz") == [stale.name]
+    assert not stale.exists() and live.exists() and all(f.exists() for f in unrelated)
+
+
+def test_dicom_folder_with_other_objects_reads_but_a_cut_slice_is_refused(tmp_path):
+    """Scanner exports hold other DICOM objects beside a series (reports, other series): those are
+    ignored; a slice of the chosen series that GDCM could not parse is refused, not silently dropped."""
+    volume = dicom_volume()
+    uid = "1.2.826.0.1.3680043.2.1125.7"
+    files = write_dicom_series(tmp_path / "export", volume, uid)
+    other = write_dicom_series(tmp_path / "other", LoadedImage(volume.array[:2], (1.0, 1.0, 1.0), ORIGIN, DIRECTION), uid + "9")
+    other[0].rename(tmp_path / "export" / "dose_report.dcm")
+    loaded = read_image(tmp_path / "export", series_id=uid)
+    np.testing.assert_array_equal(loaded.array, volume.array)
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: int(len(data) * 0.8)])  # a copy cut short: header kept, pixels cut
+    with pytest.raises(InputError, match=r"slice002\.dcm of series .* cannot be read"):
+        read_image(tmp_path / "export", series_id=uid)

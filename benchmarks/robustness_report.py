@@ -108,7 +108,7 @@ def main() -> int:
     print(f"inputs modified:        {modified}   (bar: 0)")
     print(f"partial outputs left:   {partial}   (bar: 0)")
     print(f"not as the catalogue expects: {unexpected}")
-    ok = crashes == modified == partial == unexpected == 0
+    ok = crashes == modified == partial == unexpected == 0 and bool(outcomes)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -13,6 +13,7 @@ partial output is left: the runners check that for every case.
 from __future__ import annotations
 
 import contextlib
+import locale
 import os
 import shutil
 import signal
@@ -44,7 +45,8 @@ class Case:
     :param build: ``build(inputs_folder) -> Scenario``.
     :param entries: entry point -> what it must do.
     :param custom: for cases that need more than one run (a killed batch restarted):
-        ``custom(work) -> (status, message)`` replaces the generic runner.
+        ``custom(work, scenario) -> (status, message)`` replaces the generic runner; the
+        scenario's inputs are built (and hashed) first.
     :param unavailable: ``unavailable() -> reason`` when the case means nothing on this machine
         (e.g. a permission test run as root); empty when it can run.
     """
@@ -54,7 +56,7 @@ class Case:
     title: str
     build: Callable[[Path], Scenario]
     entries: dict[str, Expect]
-    custom: Callable[[Path], tuple[str, str]] | None = None
+    custom: Callable[[Path, Scenario], tuple[str, str]] | None = None
     unavailable: Callable[[], str] = lambda: ""
 
 
@@ -66,7 +68,7 @@ CASES: list[Case] = []
 
 
 def case(id: str, category: str, title: str, entries: dict[str, Expect],
-         custom: Callable[[Path], tuple[str, str]] | None = None,
+         custom: Callable[[Path, Scenario], tuple[str, str]] | None = None,
          unavailable: Callable[[], str] = lambda: "") -> Callable:
     """Register the decorated builder as a catalogue case."""
 
@@ -288,7 +290,29 @@ def _(folder: Path) -> Scenario:
     return Scenario(b.volume_pair(folder), slicer=empty_second)
 
 
-@case("no-input", "scene", "no input volume selected", {"slicer": error(r"input|volume")})
+def _filled_output_node(scene, nodes):
+    """An output volume node that already holds an earlier result, which a failed run must keep."""
+    import slicer
+
+    earlier = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "earlier result")
+    slicer.util.updateVolumeFromArray(earlier, np.full((3, 8, 8), 0.25, np.float32))
+    earlier.CreateDefaultDisplayNodes()
+    return nodes, {"outputVolumeNode": earlier}
+
+
+@case("error-keeps-output-node", "scene", "a bad input (NaN) with an existing output volume chosen",
+      {"slicer": error(r"NaN")})
+def _(folder: Path) -> Scenario:
+    return Scenario(_with_value(np.nan)(folder).inputs, slicer=_filled_output_node)
+
+
+@case("cancel-keeps-output-node", "scene", "cancel half-way with an existing output volume chosen",
+      {"slicer": CANCELLED})
+def _(folder: Path) -> Scenario:
+    return Scenario(b.volume_pair(folder, shape=(12, 32, 28)), cancel_at=0.3, slicer=_filled_output_node)
+
+
+@case("no-input", "scene", "no input volume selected", {"slicer": error(r"at least 2 volumes are needed, got 0")})
 def _(folder: Path) -> Scenario:
     return Scenario(b.volume_pair(folder), slicer=lambda scene, nodes: ([], {}))
 
@@ -327,6 +351,13 @@ case("corrupt-nifti", "files", "random bytes named .nii.gz", _every(error(_UNREA
     _damaged("ct.nii.gz", lambda p: b.garbage(p, 5000)))
 
 
+@case("empty-volume-file", "files", "an NRRD volume with a zero-length axis", _every(error(_UNREADABLE), FILES))
+def _(folder: Path) -> Scenario:
+    paths = b.volume_pair(folder, suffix=".nrrd")
+    paths[0].write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 28 32 0\nencoding: raw\nendian: little\n\n")
+    return Scenario(paths)
+
+
 @case("corrupt-nrrd-header", "files", "NRRD header promising more data than the file holds",
       _every(error(_UNREADABLE), FILES))
 def _(folder: Path) -> Scenario:
@@ -343,6 +374,21 @@ def _dicom_series(folder: Path, array: np.ndarray) -> Path:
     series.mkdir(parents=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    with _locale_kept():  # GDCM's DICOM writer switches the process locale to "C"
+        _write_slices(writer, series, array)
+    return series
+
+
+@contextlib.contextmanager
+def _locale_kept() -> Iterator[None]:
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(writer: sitk.ImageFileWriter, series: Path, array: np.ndarray) -> None:
     for z in range(array.shape[0]):
         image = sitk.GetImageFromArray(array[z])
         for tag, value in (("0008|0060", "CT"), ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.99"),
@@ -351,7 +397,6 @@ def _dicom_series(folder: Path, array: np.ndarray) -> Path:
             image.SetMetaData(tag, value)
         writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
         writer.Execute(image)
-    return series
 
 
 @case("truncated-dicom", "files", "DICOM series with one slice file cut short",
@@ -359,7 +404,7 @@ def _dicom_series(folder: Path, array: np.ndarray) -> Path:
 def _(folder: Path) -> Scenario:
     a, c = b.pair(b.SHAPE_3D)
     series = _dicom_series(folder, np.rint(a * 1000).astype(np.int16))
-    b.truncate(series / "slice002.dcm", 0.3)
+    b.truncate(series / "slice002.dcm", 0.7)  # a copy cut short: header kept, pixel data cut
     return Scenario([series, b.write_sitk(folder / "mri.nii.gz", c.astype(np.float32))])
 
 
@@ -390,14 +435,14 @@ def _(folder: Path) -> Scenario:
 
 # ============================================================================ outputs
 
-@case("output-is-input", "outputs", "output path equal to an input", _every(error(r"input"), ("api", "cli")))
+@case("output-is-input", "outputs", "output path equal to an input", _every(error(r"refusing to write over the input"), ("api", "cli")))
 def _(folder: Path) -> Scenario:
     paths = b.volume_pair(folder)
     return Scenario(paths, output=paths[1])
 
 
 @case("batch-output-over-input", "outputs", "batch output folder holding an input named like an output",
-      {"batch": error(r"input")})
+      {"batch": error(r"is the input .*an output may never replace an input")})
 def _(folder: Path) -> Scenario:
     paths = b.volume_pair(folder)
     paths[1] = paths[1].rename(folder / "case_fused.nii.gz")
@@ -535,28 +580,32 @@ def _(folder: Path) -> Scenario:
     return Scenario(b.volume_pair(folder, shape=(12, 32, 28)), cancel_at=0.3)
 
 
-def _killed_batch(work: Path) -> tuple[str, str]:
-    """Kill -9 a ``medfusion batch`` process after its first output, restart it, compare with an uninterrupted run."""
-    from MedFusionLib.batch import groups_from_manifest, run_batch
-
-    inputs = work / "inputs"
-    rows = ["name,input_1,input_2"]
+def _killed_batch_inputs(folder: Path) -> Scenario:
     groups = 5
+    rows = ["name,input_1,input_2"]
     for index in range(groups):
-        pair = [b.write_sitk(inputs / f"{kind}{index}.nii.gz",
+        pair = [b.write_sitk(folder / f"{kind}{index}.nii.gz",
                              b.phantom((32, 96, 96), kind, 10 * index + n).astype(np.float32))
                 for n, kind in enumerate(("ct", "mri"))]
         rows.append(f"case{index},{pair[0]},{pair[1]}")
-    manifest = inputs / "cases.csv"
-    manifest.write_text("\n".join(rows) + "\n")
+    (folder / "cases.csv").write_text("\n".join(rows) + "\n")
+    return Scenario([folder / "cases.csv"])
+
+
+def _killed_batch(work: Path, scenario: Scenario) -> tuple[str, str]:
+    """SIGKILL a ``medfusion batch`` process once it has finished a group, restart it, and compare
+    with an uninterrupted run: same files, byte for byte, and no temporary left."""
+    from MedFusionLib.batch import groups_from_manifest, run_batch
+
+    manifest = scenario.inputs[0]
+    groups = len(groups_from_manifest(manifest))
     reference, killed = work / "reference", work / "out"
     run_batch(groups_from_manifest(manifest), reference, metrics=False)
     process = subprocess.Popen([sys.executable, "-m", "MedFusionLib.cli", "batch", str(manifest), "-o", str(killed),
                                 "--no-metrics", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
-        # kill while the first output is being written (its hidden temporary folder exists) or just after
-        if killed.is_dir() and any(p.name.startswith((".case", "case")) for p in killed.iterdir()):
+        if killed.is_dir() and any(killed.glob("*_fused.nii.gz")):
             break
         time.sleep(0.001)
     if process.poll() is not None:
@@ -565,9 +614,10 @@ def _killed_batch(work: Path) -> tuple[str, str]:
     process.wait()
     finished = len(list(killed.glob("*_fused.nii.gz")))
     leftovers = len([p for p in killed.iterdir() if p.name.startswith(".")])
-    if finished >= groups:
-        return "crash", "the batch had finished when killed; nothing was interrupted"
+    if not 1 <= finished < groups:
+        return "crash", f"killed with {finished} of {groups} groups finished; expected some but not all"
     run_batch(groups_from_manifest(manifest), killed, metrics=False)
+
     def contents(folder: Path) -> dict[str, bytes]:  # a leftover temporary folder shows up as a name too
         return {p.name: p.read_bytes() if p.is_file() else b"<folder>" for p in folder.iterdir()
                 if p.name != "batch_report.csv"}
@@ -584,7 +634,7 @@ def _killed_batch(work: Path) -> tuple[str, str]:
 
 
 case("killed-batch-restarted", "runtime", "a batch killed (SIGKILL) mid-run, then restarted",
-     {"batch": OK}, custom=_killed_batch)(lambda folder: Scenario())
+     {"batch": OK}, custom=_killed_batch)(_killed_batch_inputs)
 
 
 # ============================================================================ security

@@ -258,7 +258,9 @@ def _run_batch(scenario: Scenario, output_dir: Path, manifest: Path) -> tuple[st
         return "crash", f"{type(exc).__name__}: {_one_line(exc)}"
     row = report.rows[0]
     if row.status == "failed":
-        return "error", row.error
+        # run_batch records InputError text as is and prefixes anything else with its type
+        foreign = re.match(r"^(\w+(Error|Exception|Interrupt)|[A-Z]\w+):", row.error)
+        return ("crash", row.error) if foreign else ("error", row.error)
     return _check_written(Path(row.output))
 
 
@@ -286,10 +288,16 @@ def _read_like_slicer(path: Path) -> tuple[np.ndarray, tuple, tuple, tuple, bool
 def _node_from_array(scene: Any, array: np.ndarray, geometry: tuple, vector: bool, name: str) -> Any:
     """A scalar (or, for colour and multi-component data, vector) volume node holding ``array``."""
     import slicer
-    from MedFusionSlicerLib import ijk_to_ras_from_geometry
 
+    spacing, origin, direction = geometry
+    # Written out here rather than taken from MedFusion, so a bug in its conversion cannot hide:
+    # RAS = LPS with x and y negated; column j of the matrix is the RAS step along index j.
+    flip = np.diag([-1.0, -1.0, 1.0])
+    matrix = np.eye(4)
+    matrix[:3, :3] = flip @ np.asarray(direction, float).reshape(3, 3) @ np.diag(spacing)
+    matrix[:3, 3] = flip @ np.asarray(origin, float)
     node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode" if vector else "vtkMRMLScalarVolumeNode", name)
-    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras_from_geometry(*geometry)))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
     if not vector:  # slicer-core has no colour tables for vector display nodes
         node.CreateDefaultDisplayNodes()
@@ -342,7 +350,6 @@ def _run_slicer(scenario: Scenario) -> tuple[str, str, list[str]]:
                       for array, spacing, origin, direction, vector in map(_read_like_slicer, scenario.inputs)]
         nodes = [_node_from_array(scene, array, geometry, vector, f"input{i + 1}")
                  for i, (array, geometry, vector) in enumerate(loaded)]
-        inputs = list(nodes)
         kwargs: dict[str, Any] = {}
         if scenario.slicer is not None:
             nodes, kwargs = scenario.slicer(scene, nodes)
@@ -353,9 +360,11 @@ def _run_slicer(scenario: Scenario) -> tuple[str, str, list[str]]:
         if scenario.options.get("register", "none") != "none":
             kwargs["register"] = scenario.options["register"]
         before_nodes = _scene_nodes(scene)
-        before = [_node_fingerprint(n) for n in inputs]
+        volumes = [scene.GetNthNodeByClass(i, "vtkMRMLVolumeNode")
+                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode"))]
+        before = [_node_fingerprint(n) for n in volumes]
         progress, flag = _progress_and_cancel(scenario)
-        status, message = "ok", ""
+        status, message, result = "ok", "", None
         try:
             result = MedFusionLogicCore().fuse(nodes, method=scenario.method, progress=progress, cancel=flag, **kwargs)
             fused = slicer.util.arrayFromVolume(result.outputVolumeNode)
@@ -367,7 +376,9 @@ def _run_slicer(scenario: Scenario) -> tuple[str, str, list[str]]:
             status, message = "error", _one_line(exc)
         except Exception as exc:  # noqa: BLE001
             status, message = "crash", f"{type(exc).__name__}: {_one_line(exc)}"
-        modified = [n.GetName() for n, b in zip(inputs, before) if _node_fingerprint(n) != b]
+        # After a success only the chosen output node may have changed; after anything else, no node.
+        output_node = result.outputVolumeNode if status == "ok" else None
+        modified = [n.GetName() for n, b in zip(volumes, before) if n is not output_node and _node_fingerprint(n) != b]
         if status != "ok" and _scene_nodes(scene) != before_nodes:
             added = sorted(set(_scene_nodes(scene)) - set(before_nodes))
             modified.append(f"scene changed by a failed run (+{len(added)} nodes)")
@@ -387,11 +398,6 @@ def run_case(case: Any, entry: str, work: Path) -> Outcome:
     expected = case.entries[entry]
     inputs_dir, out_dir = work / "inputs", work / "out"
     inputs_dir.mkdir(parents=True)
-    if case.custom is not None:  # a multi-run scenario that checks its own outputs
-        hashes_before = _hash_tree(inputs_dir)
-        status, message = case.custom(work)
-        modified = [n for n, d in _hash_tree(inputs_dir).items() if hashes_before.get(n, d) != d]
-        return Outcome(case.id, entry, expected, status, message, modified, [])
     out_dir.mkdir()
     scenario = case.build(inputs_dir)
     output = scenario.output or out_dir / scenario.output_name
@@ -400,8 +406,12 @@ def run_case(case: Any, entry: str, work: Path) -> Outcome:
     outside_before = _listing(work) - {str(p.relative_to(work)) for p in inputs_dir.rglob("*")}
     modified: list[str] = []
     fault = scenario.fault() if scenario.fault is not None else contextlib.nullcontext()
-    with fault:
-        if entry == "api":
+    # Run inside the case's folder: anything a shell would run from a file name ($(touch PWNED))
+    # would land there and be reported as a file the run left behind.
+    with fault, contextlib.chdir(work):
+        if case.custom is not None:  # a multi-run scenario that checks its own outputs
+            status, message = case.custom(work, scenario)
+        elif entry == "api":
             status, message = _run_api(scenario, output)
         elif entry == "cli":
             status, message = _run_cli(scenario, output)
@@ -411,11 +421,14 @@ def run_case(case: Any, entry: str, work: Path) -> Outcome:
             status, message, modified = _run_slicer(scenario)
         else:
             raise ValueError(f"unknown entry point {entry!r}")
+    message = message.replace(str(work), "<work>")  # patterns must match the message, not the folder name
     hashes_after = _hash_tree(inputs_dir)
     modified += sorted(name for name in hashes_before.keys() | hashes_after.keys()
                        if hashes_before.get(name) != hashes_after.get(name))
     if _array_digest(scenario.arrays) != arrays_before:
         modified.append("input arrays")
+    if case.custom is not None:
+        return Outcome(case.id, entry, expected, status, message, modified, [])
     # What the run left outside the inputs: only the output (and a batch's report) after a success.
     left = _listing(work) - outside_before - {str(p.relative_to(work)) for p in inputs_dir.rglob("*")}
     left -= {"manifest.csv"}
@@ -424,5 +437,7 @@ def run_case(case: Any, entry: str, work: Path) -> Outcome:
         allowed |= {f"out/{p.name}" for p in out_dir.glob("case_fused*")}
     elif status == "ok":
         allowed |= {str(output.relative_to(work))} if output.is_relative_to(work) else set()
-    partial = sorted(name for name in left - allowed if not (work / name).is_dir() or any((work / name).iterdir()))
+    # An empty ordinary folder is harmless (a batch creates its output folder); a hidden one is a temporary.
+    partial = sorted(name for name in left - allowed
+                     if not (work / name).is_dir() or Path(name).name.startswith(".") or any((work / name).iterdir()))
     return Outcome(case.id, entry, expected, status, message, modified, partial)

@@ -58,7 +58,7 @@ def test_no_user_string_can_reach_a_shell_or_eval():
     """No shell, no eval/exec, no pickle.load anywhere in the library or the Slicer module."""
     offenders = []
     for path in [*(REPO / "MedFusionLib").rglob("*.py"), *(REPO / "MedFusion").rglob("*.py")]:
-        for owner, name, node in _calls(ast.parse(path.read_text(), str(path))):
+        for owner, name, node in _calls(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             where = f"{path.relative_to(REPO)}:{node.lineno}"
             if (owner, name) in {("os", "system"), ("os", "popen"), ("pickle", "load"), ("pickle", "loads")} \
                     or (isinstance(node.func, ast.Name) and name in {"eval", "exec"}):
@@ -127,6 +127,17 @@ def test_training_with_one_seed_is_bit_identical(family):
         model.fit(dataset, TrainingConfig(iterations=15, batch_size=4, validation_every=5, seed=3, device="cpu"))
         states.append({k: v.clone() for k, v in model.network.state_dict().items()})
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    other = FusionModel.create(family, 2, 16, seed=4, **({"width": 4, "hidden": 4, "levels": 2} if family == "cnn"
-                                                         else {"layer_sizes": (32,)}))
-    assert not all(torch.equal(states[0][k], v) for k, v in other.network.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["cnn", "dbm"])
+def test_create_seed_sets_the_initial_weights_and_leaves_the_global_generator_alone(family):
+    config = {"width": 4, "hidden": 4, "levels": 2} if family == "cnn" else {"layer_sizes": (32,)}
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = FusionModel.create(family, 2, 16, seed=3, **config).network.state_dict()
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's generator did not move
+    again = FusionModel.create(family, 2, 16, seed=3, **config).network.state_dict()
+    other = FusionModel.create(family, 2, 16, seed=4, **config).network.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
