@@ -501,3 +501,130 @@ def test_float_fused_image_next_to_uint8_sources_is_read_on_their_scale():
     assert as_unit == pytest.approx(as_grey)
     with pytest.raises(InputError, match="0-255 scale"):
         evaluate(F.astype(float) * 10, [A, B])
+
+
+# ------------------------------------------------------------------ backends: compiled kernels and NumPy
+
+
+def _needs_numba():
+    from MedFusionLib.metrics import metrics_backend
+
+    if metrics_backend() != "numba":
+        pytest.skip("numba is not installed")
+
+
+def _half_grey_levels(shape, seed):
+    """Values on .5 steps: every grey level is a rounding tie (NumPy rounds half to even)."""
+    return np.random.default_rng(seed).integers(0, 511, shape) / 2.0
+
+
+BACKEND_CASES = {
+    "phantom": (F, [A, B], T),
+    "three sources, odd shape": (F[:37, :51], [A[:37, :51], B[:37, :51], T[:37, :51]], T[:37, :51]),
+    "float fused image": (np.clip(F + RNG.normal(0, 3, F.shape), 0, 255), [A, B], T),
+    "negatively correlated": (255 - F, [A, B], F),
+    "one flat source": (A, [A, np.full_like(A, 80)], B),
+    "extreme contrast": tuple(x for x in (RNG.integers(0, 2, (40, 40)) * 255.0,
+                                          [RNG.integers(0, 2, (40, 40)) * 255.0 for _ in range(2)],
+                                          RNG.integers(0, 2, (40, 40)) * 255.0)),
+    "rounding ties": (_half_grey_levels((30, 33), 1), [_half_grey_levels((30, 33), s) for s in (2, 3)],
+                      _half_grey_levels((30, 33), 4)),
+    "smaller than the windows": (F[:6, :9], [A[:6, :9], B[:6, :9]], T[:6, :9]),
+    **{name: (case[0], list(case[1:3]), case[3]) for name, case in EDGE_CASES.items()},
+}
+
+
+@pytest.mark.parametrize("case", list(BACKEND_CASES))
+def test_compiled_and_numpy_backends_agree(case):
+    _needs_numba()
+    fused, sources, target = BACKEND_CASES[case]
+    compiled = evaluate(fused, sources, target, backend="numba")
+    reference = evaluate(fused, sources, target, backend="numpy")
+    assert list(compiled) == list(reference)
+    for key in reference:
+        assert compiled[key] == pytest.approx(reference[key], rel=1e-9, abs=1e-12), key
+
+
+def test_compiled_results_do_not_depend_on_the_number_of_threads():
+    _needs_numba()
+    import numba
+
+    big = [np.kron(x, np.ones((2, 2))) for x in (F, A, B, T)]  # 128 x 144: rows enough for several bands
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        alone = evaluate(big[0], big[1:3], big[3])
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        shared = evaluate(big[0], big[1:3], big[3])
+    finally:
+        numba.set_num_threads(before)
+    assert shared == pytest.approx(alone, rel=1e-12, abs=1e-14)
+    assert shared == pytest.approx(evaluate(big[0], big[1:3], big[3], backend="numpy"), rel=1e-9, abs=1e-12)
+
+
+def test_numpy_backend_is_used_without_numba(monkeypatch):
+    import MedFusionLib.metrics._group as group_module
+    from MedFusionLib.metrics import ScoredGroup, fmi_backend, metrics_backend
+
+    reference = evaluate(F, [A, B], T, backend="numpy")
+    monkeypatch.setattr(group_module, "compiled_kernels", lambda: None)
+    assert metrics_backend() == "numpy" and fmi_backend() == "numpy"
+    assert ScoredGroup.from_inputs(F, [A, B], backend="numba").backend == "numpy"  # falls back
+    assert evaluate(F, [A, B], T) == reference
+    assert evaluate(F, [A, B], T, backend="numba") == reference
+
+
+def test_backend_argument_is_checked():
+    with pytest.raises(ValueError, match="backend"):
+        evaluate(F, [A, B], backend="gpu")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fmi_flat_windows_are_uncorrelated(backend):
+    # Pearson's 0/0 on a flat window is read as 0, so a flat fused image shares no feature
+    # information with anything; rounding in the mean of its uniform pdf once made it +-1.
+    from MedFusionLib.metrics import ScoredGroup
+    from MedFusionLib.metrics.fmi import _feature_mutual_information
+
+    if backend == "numba":
+        _needs_numba()
+    flat = np.full((7, 3), 162, np.uint8)
+    ramp = (np.add.outer(np.arange(7), np.arange(3)) * 30).astype(np.uint8)  # flat gradient windows too
+    group = ScoredGroup.from_inputs(flat, [A[:7, :3], ramp], backend=backend)
+    assert _feature_mutual_information(group, backend=backend) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_compiled_filters_repeat_scipys_arithmetic():
+    # The kernels filter in SciPy's order (centre tap, then symmetric pairs from the
+    # outside in), so SSIM's and VIF's filtered interiors equal the NumPy path's bit for bit.
+    _needs_numba()
+    from scipy import ndimage
+
+    from MedFusionLib.metrics import _kernels
+    from MedFusionLib.metrics.structural import _SSIM_WEIGHTS, _VIF_KERNELS, _filter_valid
+
+    image = RNG.random((40, 50)) * 255
+    for weights, expected in [
+        (_SSIM_WEIGHTS, ndimage.gaussian_filter(image, 1.5, truncate=3.5, mode="reflect")[5:-5, 5:-5]),
+        *((kernel, _filter_valid(image, kernel)) for kernel in _VIF_KERNELS),
+    ]:
+        radius = weights.size // 2
+        column, filtered = np.empty(image.shape[1]), np.empty(expected.shape)
+        for i in range(expected.shape[0]):
+            _kernels._symmetric_rows(image, i + radius, weights, column)
+            _kernels._symmetric_valid(column, weights, filtered[i])
+        assert np.array_equal(filtered, expected)
+
+
+def test_evaluate_leaves_torch_thread_count_alone():
+    """The compiled metrics run on their own threads: scoring must not change torch's thread
+    count, which training reproducibility depends on."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a, b = np.random.default_rng(0).random((2, 48, 48))
+        evaluate((a + b) / 2, [a, b], data_range=(0, 1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

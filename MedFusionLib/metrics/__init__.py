@@ -16,12 +16,18 @@ each function's docstring for its formula, reference and conventions.
   :func:`peak_signal_to_noise_ratio` (PSNR), :func:`structural_similarity` (SSIM),
   :func:`relative_error` (REL), :func:`cross_entropy` (CE), :func:`conditional_entropy` (H).
 
-:func:`evaluate` computes a chosen set at once; :func:`metrics_table` turns results
-into the tidy table the CLI, the experiments and the Slicer module share.
+:func:`evaluate` computes a chosen set at once, sharing intermediate results between
+metrics; :func:`metrics_table` turns results into the tidy table the CLI, the
+experiments and the Slicer module share.
+
+The windowed and filtered metrics (FMI, Q0, QW, QE, Q^AB/F, SSIM, VIF, the histograms)
+run as compiled kernels when numba is installed (the ``fast`` extra), on as many
+threads as numba may use, and on NumPy/SciPy otherwise; both give the same values up to
+rounding (:func:`metrics_backend` tells which is in use, ``evaluate(..., backend=...)`` picks).
 """
 
 from ._common import SCORE_MAX, to_score_scale
-from ._group import ScoredGroup
+from ._group import ScoredGroup, metrics_backend
 from .evaluate import (
     HIGHER,
     LOWER,
@@ -68,7 +74,7 @@ __all__ = [
     "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX", "ScoredGroup",
     "average_gradient", "conditional_entropy", "cross_entropy", "edge_dependent_quality_index",
     "energy_of_gradient", "entropy", "evaluate", "feature_mutual_information", "fmi_backend", "format_table",
-    "fusion_mutual_information", "gradient_based_quality_index", "mean_intensity", "metric_names",
+    "fusion_mutual_information", "gradient_based_quality_index", "mean_intensity", "metric_names", "metrics_backend",
     "metrics_table", "mutual_information", "peak_signal_to_noise_ratio", "relative_error",
     "root_mean_squared_error", "spatial_frequency", "ssim_to_sources", "standard_deviation",
     "structural_similarity", "table_to_csv", "to_score_scale", "universal_quality_index",

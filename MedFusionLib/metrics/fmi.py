@@ -1,21 +1,21 @@
 """FMI: feature mutual information (Haghighat et al. 2011; the fast windowed form of 2014).
 
-Two interchangeable implementations compute the per-window scores: a compiled
-kernel (numba, installed with the ``fast`` extra: ``pip install medfusion[fast]``)
-and a vectorised NumPy one used when numba is missing. Both are tested against a
-loop-by-loop transcription of Haghighat's ``fmi.m``.
+Two interchangeable implementations compute the per-window scores: compiled
+kernels (numba, installed with the ``fast`` extra: ``pip install medfusion[fast]``;
+see :mod:`MedFusionLib.metrics._kernels`) and a vectorised NumPy one used when
+numba is missing. Both are tested against a loop-by-loop transcription of
+Haghighat's ``fmi.m``.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..validation import check_int
 from ._common import DataRange
-from ._group import ScoredGroup
+from ._group import ScoredGroup, compiled_kernels, in_row_bands, metrics_backend
 
 #: Features of :func:`feature_mutual_information`.
 FMI_FEATURES = ("gradient", "pixel", "dct")
@@ -72,8 +72,12 @@ def _fmi_window_scores(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
     cdf_s = np.cumsum(p_s, axis=1)
     cdf_f = np.cumsum(p_f, axis=1)
 
-    centred_s = p_s - p_s.mean(axis=1, keepdims=True)
-    centred_f = p_f - p_f.mean(axis=1, keepdims=True)
+    # A flat window's pdf is exactly uniform: it has no correlation with any window
+    # (Pearson's 0/0 read as 0). Its centred values are set to exactly 0, as the mean of
+    # the rounded 1/l entries need not come out as 1/l and would leave two flat windows
+    # a correlation of +-1 made of rounding alone.
+    centred_s = np.where(_is_flat(source), 0.0, p_s - p_s.mean(axis=1, keepdims=True))
+    centred_f = np.where(_is_flat(fused), 0.0, p_f - p_f.mean(axis=1, keepdims=True))
     cross = np.sum(centred_s * centred_f, axis=1)
     norm = np.sqrt(np.sum(centred_s**2, axis=1) * np.sum(centred_f**2, axis=1))
     correlation = np.where(cross != 0, cross / np.where(norm > 0, norm, 1.0), 0.0)
@@ -124,6 +128,11 @@ def _fmi_window_scores(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
     return np.where(identical, 1.0, scores)
 
 
+def _is_flat(windows: np.ndarray) -> np.ndarray:
+    """Rows (windows) whose values are all equal, as an ``(n, 1)`` mask."""
+    return (windows.max(axis=1) == windows.min(axis=1))[:, None]
+
+
 def feature_mutual_information(
     fused: object,
     sources: Sequence[object],
@@ -143,7 +152,8 @@ def feature_mutual_information(
     normalised mutual information ``2 I / (H_S + H_F)``. FMI is the mean over windows
     and sources (Haghighat, Aghagolzadeh & Seyedarabi, Comput. Electr. Eng. 37(5),
     2011; Haghighat & Razian, "Fast-FMI", IEEE AICT 2014; their ``fmi.m``).
-    Identical windows score 1; windows whose normalised MI is undefined score 0.
+    Identical windows score 1; windows whose normalised MI is undefined score 0; a
+    flat window is uncorrelated with every other (Pearson's 0/0 read as 0).
     Higher is better. Range [0, 1] (nominally; ``fmi.m``'s approximation of the joint
     entropy can push single windows slightly outside).
 
@@ -159,174 +169,66 @@ def feature_mutual_information(
     return _feature_mutual_information(ScoredGroup.from_inputs(fused, sources, data_range=data_range), feature, window)
 
 
-# --------------------------------------------------------------------------- compiled kernel
+# --------------------------------------------------------------------------- compiled backend
 
-_KERNEL: Callable | None = None
-_KERNEL_TRIED = False
-
-
-def _window_pdf(values: np.ndarray, pdf: np.ndarray) -> None:
-    """Min-max normalise ``values`` into ``pdf`` and scale it to sum 1 (all ones if constant)."""
-    lo = values[0]
-    hi = values[0]
-    for v in values:
-        lo = min(lo, v)
-        hi = max(hi, v)
-    total = 0.0
-    for i in range(values.size):
-        pdf[i] = (values[i] - lo) / (hi - lo) if hi > lo else 1.0
-        total += pdf[i]
-    for i in range(values.size):
-        pdf[i] /= total
-
-
-def _window_summary(pdf, cdf, logs):
-    """CDF, log p, entropy (nats), mean, centred sum of squares and index std of one window pdf."""
-    length = pdf.size
-    acc = 0.0
-    first = 0.0
-    second = 0.0
-    entropy = 0.0
-    for i in range(length):
-        acc += pdf[i]
-        cdf[i] = acc
-        first += (i + 1.0) * pdf[i]
-        second += (i + 1.0) * (i + 1.0) * pdf[i]
-        logs[i] = math.log(pdf[i]) if pdf[i] > 0 else 0.0
-        entropy -= pdf[i] * logs[i]
-    mean = acc / length
-    centred = 0.0
-    for i in range(length):
-        centred += (pdf[i] - mean) ** 2
-    return entropy, mean, centred, math.sqrt(max(second - first * first, 0.0))
-
-
-def _pair_score(ps, cs, lps, h_s, mean_s, css_s, sd_s, pf, cf, lpf, h_f, mean_f, css_f, sd_f) -> float:
-    """fmi.m's score of one source window against one fused window (see _fmi_window_scores)."""
-    length = ps.size
-    cross = 0.0
-    for i in range(length):
-        cross += (ps[i] - mean_s) * (pf[i] - mean_f)
-    norm = math.sqrt(css_s * css_f)
-    corr = cross / norm if (cross != 0.0 and norm > 0.0) else 0.0
-    positive = corr >= 0.0
-    # Walk the merged sorted CDF values (fused CDF against the source CDF, or 1 - it reversed),
-    # keeping each interval's width and coupling cell, and integrating sum_ij B(i, j).
-    widths = np.empty(2 * length)
-    rows = np.empty(2 * length, dtype=np.int64)
-    cols = np.empty(2 * length, dtype=np.int64)
-    i = 0
-    j = 0
-    prev = 0.0
-    bound = 0.0
-    for step in range(2 * length):
-        fv = cf[i] if i < length else 1e300
-        if j < length:
-            ov = cs[j] if positive else 1.0 - cs[length - 1 - j]
-        else:
-            ov = 1e300
-        take_f = fv <= ov
-        v = fv if take_f else ov
-        widths[step] = v - prev
-        prev = v
-        bound += widths[step] * (length - i) * ((length - j) if positive else j)
-        rows[step] = min(i, length - 1)
-        cols[step] = min(max(j if positive else length - j, 0), length - 1)
-        if take_f:
-            i += 1
-        else:
-            j += 1
-    sum_cf = 0.0
-    sum_cs = 0.0
-    for q in range(length):
-        sum_cf += cf[q]
-        sum_cs += cs[q]
-    denominator = sd_f * sd_s
-    spread = (bound - sum_cf * sum_cs) / (denominator if denominator > 0 else 1.0)
-    kappa = corr / spread if (sd_s > 0 and sd_f > 0 and corr != 0.0 and spread != 0.0) else 0.0
-    rest = 1.0 - kappa
-    log_rest = math.log(abs(rest)) if rest != 0.0 else 0.0
-    joint_log = rest * (log_rest - h_f - h_s)
-    for step in range(2 * length):
-        if widths[step] != 0.0:
-            row = rows[step]
-            col = cols[step]
-            product = pf[row] * ps[col]
-            joint = kappa * widths[step] + rest * product
-            if joint != 0.0:
-                joint_log += joint * math.log(abs(joint))
-            if rest * product != 0.0:
-                joint_log -= rest * product * (log_rest + lpf[row] + lps[col])
-    information = h_s + h_f + joint_log
-    total = h_s + h_f
-    return 2.0 * information / total if (information != 0.0 and total > 0.0) else 0.0
-
-
-def _kernel_body(sources, fused, win_rows, win_cols):
-    """Sum of window scores per source (row-parallel). ``sources``: (K, H, W); ``fused``: (H, W)."""
-    count, height, width = sources.shape
-    out_rows = height - win_rows + 1
-    out_cols = width - win_cols + 1
-    length = win_rows * win_cols
-    sums = np.zeros((count, out_rows))
-    for r in numba.prange(out_rows):
-        fv = np.empty(length)
-        sv = np.empty(length)
-        pf = np.empty(length)
-        cf = np.empty(length)
-        lpf = np.empty(length)
-        ps = np.empty(length)
-        cs = np.empty(length)
-        lps = np.empty(length)
-        for c in range(out_cols):
-            q = 0
-            for dc in range(win_cols):  # column-major, like MATLAB's aSub(:)
-                for dr in range(win_rows):
-                    fv[q] = fused[r + dr, c + dc]
-                    q += 1
-            _window_pdf(fv, pf)
-            h_f, mean_f, css_f, sd_f = _window_summary(pf, cf, lpf)
-            for k in range(count):
-                q = 0
-                same = True
-                for dc in range(win_cols):
-                    for dr in range(win_rows):
-                        sv[q] = sources[k, r + dr, c + dc]
-                        same = same and sv[q] == fv[q]
-                        q += 1
-                if same:
-                    sums[k, r] += 1.0
-                    continue
-                _window_pdf(sv, ps)
-                h_s, mean_s, css_s, sd_s = _window_summary(ps, cs, lps)
-                sums[k, r] += _pair_score(ps, cs, lps, h_s, mean_s, css_s, sd_s,
-                                          pf, cf, lpf, h_f, mean_f, css_f, sd_f)
-    return sums.sum(axis=1)
-
-
-def _compiled_kernel() -> Callable | None:
-    """The numba-compiled kernel, built on first use (None when numba is not installed)."""
-    global _KERNEL, _KERNEL_TRIED, numba
-    if not _KERNEL_TRIED:
-        _KERNEL_TRIED = True
-        try:
-            import numba  # noqa: F811 - module-level name used inside the jitted body
-        except ImportError:
-            return None
-        helpers = {}
-        for function in (_window_pdf, _window_summary, _pair_score):
-            helpers[function.__name__] = numba.njit(cache=True, nogil=True, error_model="numpy")(function)
-        globals().update(helpers)
-        _KERNEL = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")(_kernel_body)
-    return _KERNEL
-
-
-numba = None  # bound to the numba module by _compiled_kernel()
+#: Windows per block of the compiled pipeline: its buffers (a few hundred KiB) stay in cache.
+_BLOCK_WINDOWS = 1024
 
 
 def fmi_backend() -> str:
     """Which implementation computes FMI's windows: ``"numba"`` (compiled) or ``"numpy"``."""
-    return "numba" if _compiled_kernel() is not None else "numpy"
+    return metrics_backend()
+
+
+def _compiled_window_sums(kernels, features: tuple[np.ndarray, ...], size: tuple[int, int]) -> np.ndarray:
+    """Sum of window scores per source with the compiled kernels, bands of window rows in parallel.
+
+    ``features`` = (sources..., fused). Each band runs :func:`_compiled_rows` with its
+    own buffers (see :func:`~MedFusionLib.metrics._group.in_row_bands`).
+    """
+    out_rows = features[0].shape[0] - size[0] + 1
+    out_cols = features[0].shape[1] - size[1] + 1
+    rows = max(1, _BLOCK_WINDOWS // out_cols)
+    bands = in_row_bands(
+        lambda first, end, buffers: _compiled_rows(kernels, features, size, first, end, rows, buffers),
+        out_rows, kernels, lambda: _block_buffers(len(features), size[0] * size[1], rows * out_cols))
+    return sum(bands)
+
+
+def _block_buffers(count: int, length: int, windows: int) -> tuple[np.ndarray, ...]:
+    """Scratch of one block of ``windows`` windows: pdf, CDF, log pdf, stats; joint, log joint, base, total, same."""
+    return (
+        np.empty((count, length, windows)),
+        np.empty((count, length, windows)),
+        np.empty((count, length, windows)),
+        np.empty((count, 4, windows)),
+        np.empty((count - 1, windows, 2 * length + 1)),
+        np.empty((count - 1, windows, 2 * length + 1)),
+        np.empty((count - 1, windows)),
+        np.empty((count - 1, windows)),
+        np.empty((count - 1, windows), dtype=bool),
+    )
+
+
+def _compiled_rows(kernels, features, size, first_row: int, end_row: int, rows: int, buffers) -> np.ndarray:
+    """Window-score sums per source for the windows whose top row is in ``[first_row, end_row)``.
+
+    Blocks of ``rows`` window rows at a time: the compiled kernels fill ``buffers``
+    (see :func:`_block_buffers`) and NumPy takes the logarithms in between.
+    """
+    pdf, cdf, log_pdf, stats, joint, log_joint, base, total, same = buffers
+    out_cols = features[0].shape[1] - size[1] + 1
+    sums = np.zeros(len(features) - 1)
+    for r0 in range(first_row, end_row, rows):
+        r1 = min(r0 + rows, end_row)
+        used = (r1 - r0) * out_cols
+        kernels.fmi_windows(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats)
+        np.log(log_pdf[..., :used], out=log_pdf[..., :used])
+        kernels.fmi_pairs(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats,
+                          joint, log_joint, base, total, same)
+        np.log(log_joint[:, :used], out=log_joint[:, :used])
+        kernels.fmi_scores(joint, log_joint, base, total, same, used, sums)
+    return sums
 
 
 def _feature_mutual_information(
@@ -337,10 +239,10 @@ def _feature_mutual_information(
     fused_feature = _fmi_feature(f, feature)
     source_features = [_fmi_feature(s, feature) for s in group.sources]
     windows = (f.shape[0] - size[0] + 1) * (f.shape[1] - size[1] + 1)
-    kernel = _compiled_kernel() if backend in (None, "numba") else None
-    if kernel is not None:
-        sums = kernel(np.ascontiguousarray(np.stack(source_features)), np.ascontiguousarray(fused_feature), *size)
-        return float(np.mean(sums / windows))
+    kernels = group.kernels if backend is None else (compiled_kernels() if backend == "numba" else None)
+    if kernels is not None:
+        features = tuple(np.ascontiguousarray(x) for x in (*source_features, fused_feature))
+        return float(np.mean(_compiled_window_sums(kernels, features, size) / windows))
     fused_windows = _fmi_windows(fused_feature, size)
     per_source = []
     chunk = 4096  # windows per step: keeps the (chunk, 2 l) temporaries in cache

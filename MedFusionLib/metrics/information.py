@@ -34,8 +34,17 @@ def _entropy(image: np.ndarray) -> float:
     return entropy_of(histogram(image), base=2.0)
 
 
+def _group_entropy(group: ScoredGroup) -> float:
+    counts = group.histogram("F")
+    return entropy_of(counts / counts.sum(), base=2.0)
+
+
 def _mutual_information_scaled(first: np.ndarray, second: np.ndarray, base: float) -> float:
-    joint = joint_histogram(first, second)
+    return _mutual_information_of(joint_histogram(first, second), base)
+
+
+def _mutual_information_of(joint: np.ndarray, base: float) -> float:
+    """``H(X) + H(Y) - H(X, Y)`` from a normalised joint histogram (rows: X)."""
     h_first = entropy_of(joint.sum(axis=1), base)
     h_second = entropy_of(joint.sum(axis=0), base)
     # Clamp the ~1e-16 negative round-off of H(A) + H(B) - H(A,B) for independent images.
@@ -85,7 +94,12 @@ def fusion_mutual_information(
 
 
 def _fusion_mutual_information(group: ScoredGroup, base: float = np.e) -> float:
-    return float(sum(_mutual_information_scaled(s, group.fused, base) for s in group.sources))
+    return float(sum(_mutual_information_of(_normalised(group.joint_histogram(k, "F")), base)
+                     for k in range(len(group.sources))))
+
+
+def _normalised(counts: np.ndarray) -> np.ndarray:
+    return counts / counts.sum()
 
 
 def cross_entropy(
@@ -111,14 +125,14 @@ def cross_entropy(
 
 
 def _cross_entropy(group: ScoredGroup) -> float:
-    p_t = _smoothed_histogram(group.image("T"))
-    p_f = _smoothed_histogram(group.fused)
+    p_t = _smoothed_histogram(group.histogram("T"))
+    p_f = _smoothed_histogram(group.histogram("F"))
     return float(max(0.0, np.sum(p_t * np.log2(p_t / p_f))))
 
 
-def _smoothed_histogram(image: np.ndarray) -> np.ndarray:
-    counts = histogram(image) * image.size + 1.0
-    return counts / counts.sum()
+def _smoothed_histogram(counts: np.ndarray) -> np.ndarray:
+    smoothed = counts + 1.0
+    return smoothed / smoothed.sum()
 
 
 def conditional_entropy(
@@ -144,6 +158,6 @@ def conditional_entropy(
 
 
 def _conditional_entropy(group: ScoredGroup) -> float:
-    joint = joint_histogram(group.image("T"), group.fused)
+    joint = _normalised(group.joint_histogram("T", "F"))
     value = entropy_of(joint, 2.0) - entropy_of(joint.sum(axis=0), 2.0)
     return float(min(max(0.0, value), np.log2(N_BINS)))

@@ -14,15 +14,20 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ._common import SCORE_MAX, VARIANCE_FLOOR, DataRange
-from ._group import Role, ScoredGroup, gaussian_11
+from ._common import SCORE_MAX, VARIANCE_FLOOR, DataRange, window_shape
+from ._group import QUALITY_WINDOW, Role, ScoredGroup, gaussian_11, in_row_bands
 
 #: Petrovic's constants of the Q^AB/F sigmoids (Xydeas & Petrovic 2000; Petrovic 2007).
 QABF_CONSTANTS = {"gamma_g": 0.9994, "k_g": -15.0, "d_g": 0.5, "gamma_a": 0.9879, "k_a": -22.0, "d_a": 0.8}
+#: Rows of Sobel responses per step of the compiled gradient pass (a few hundred KiB of scratch).
+_GRADIENT_STRIP = 32
 #: Side of SSIM's Gaussian window (sigma 1.5 truncated at 3.5 sigma, as in Wang et al. 2004).
 SSIM_WINDOW = 11
 _SSIM_C1 = (0.01 * SCORE_MAX) ** 2
 _SSIM_C2 = (0.03 * SCORE_MAX) ** 2
+#: The taps of :func:`gaussian_11` (SciPy's ``_gaussian_kernel1d``), for the compiled backend.
+_SSIM_WEIGHTS = np.exp(-0.5 / 1.5**2 * np.arange(-(SSIM_WINDOW // 2), SSIM_WINDOW // 2 + 1) ** 2)
+_SSIM_WEIGHTS /= _SSIM_WEIGHTS.sum()
 
 # --------------------------------------------------------------------------- SSIM
 
@@ -33,7 +38,9 @@ def ssim_between(group: ScoredGroup, reference: Role, image: Role = "F") -> floa
     The arithmetic is ``skimage.metrics.structural_similarity``'s (Gaussian
     weights, population statistics, borders of 5 pixels cropped before the mean),
     written out so the filtered fused image is shared by every pair; the tests
-    check it against scikit-image.
+    check it against scikit-image. Only the cropped interior enters the mean, and
+    there the 11-tap window never reaches past the image, so the border mode of the
+    filter does not matter.
     """
     x, y = group.image(reference), group.image(image)
     if min(x.shape) < SSIM_WINDOW:
@@ -42,6 +49,8 @@ def ssim_between(group: ScoredGroup, reference: Role, image: Role = "F") -> floa
         cov = ((x - mx) * (y - my)).mean()
         return float((2 * mx * my + _SSIM_C1) * (2 * cov + _SSIM_C2)
                      / ((mx**2 + my**2 + _SSIM_C1) * (x.var() + y.var() + _SSIM_C2)))
+    if group.kernels is not None and image == "F":
+        return _ssim_to_fused(group)[reference]
     mean_x, square_x = group.gaussian_moments(reference)
     mean_y, square_y = group.gaussian_moments(image)
     var_x = square_x - mean_x * mean_x
@@ -52,6 +61,21 @@ def ssim_between(group: ScoredGroup, reference: Role, image: Role = "F") -> floa
     )
     pad = SSIM_WINDOW // 2
     return float(ssim_map[pad:-pad, pad:-pad].mean())
+
+
+def _ssim_to_fused(group: ScoredGroup) -> dict[Role, float]:
+    """Compiled backend: SSIM(R, F) for every source and the target, in one pass over F."""
+    def compute():
+        roles: list[Role] = [*range(len(group.sources)), *(["T"] if group.target is not None else [])]
+        images = tuple(np.ascontiguousarray(group.image(r)) for r in [*roles, "F"])
+        pad = SSIM_WINDOW // 2
+        rows, cols = images[0].shape[0] - 2 * pad, images[0].shape[1] - 2 * pad
+        bands = in_row_bands(
+            lambda first, end: group.kernels.ssim_sums(images, _SSIM_WEIGHTS, _SSIM_C1, _SSIM_C2, first, end),
+            rows, group.kernels)
+        return dict(zip(roles, (float(v) for v in sum(bands) / (rows * cols))))
+
+    return group.memo(("ssim_to_fused",), compute)
 
 
 def _ssim_to_sources(group: ScoredGroup) -> float:
@@ -77,8 +101,41 @@ def ssim_to_sources(fused: object, sources: Sequence[object], *, data_range: Dat
 # --------------------------------------------------------------------------- Q0, QW, QE
 
 
+def _quality_indices(group: ScoredGroup, edges: bool = False) -> tuple[np.ndarray, float]:
+    """Per-source mean of Q(S_k, F) over the 8x8 windows, and Q_W (see :func:`weighted_quality_index`).
+
+    ``edges`` scores the Sobel magnitude images instead (for QE). Both backends
+    compute the same window statistics; the compiled one never forms the maps.
+    """
+    def compute():
+        count = len(group.sources)
+        if group.kernels is not None:
+            images = tuple(_compiled_gradients(group)[0]) if edges else group.with_fused_last()
+            rows, cols = window_shape(group.fused.shape, QUALITY_WINDOW)
+            out_rows, out_cols = group.fused.shape[0] - rows + 1, group.fused.shape[1] - cols + 1
+            bands = in_row_bands(
+                lambda first, end: group.kernels.quality_sums(images, rows, cols, VARIANCE_FLOOR, first, end),
+                out_rows, group.kernels)
+            q_sums, weighted, weight, unweighted = (sum(band[i] for band in bands) for i in range(4))
+            windows = out_rows * out_cols
+            # No source varies in any window: every window counts the same (see below).
+            return q_sums / windows, (weighted / weight if weight > 0 else unweighted / windows)
+        saliency = np.stack([group.window_moments(k, edges)[1] for k in range(count)])
+        quality = np.stack([group.quality_map(k, edges) for k in range(count)])
+        total = saliency.sum(axis=0)
+        # Local weight lambda_k = s_k / sum_j s_j; windows where no source varies share equally.
+        local = np.where(total > 0, saliency / np.where(total > 0, total, 1.0), 1.0 / count)
+        overall = saliency.max(axis=0)  # C(w) = max_k s(S_k | w)
+        if overall.sum() <= 0:  # every source constant: all windows count the same
+            overall = np.ones_like(overall)
+        weighted = float(np.sum(overall * np.sum(local * quality, axis=0)) / overall.sum())
+        return np.array([q.mean() for q in quality]), weighted
+
+    return group.memo(("quality_indices", edges), compute)
+
+
 def _universal_quality(group: ScoredGroup) -> float:
-    return float(np.mean([group.quality_map(k).mean() for k in range(len(group.sources))]))
+    return float(np.mean(_quality_indices(group)[0]))
 
 
 def universal_quality_index(fused: object, sources: Sequence[object], *, data_range: DataRange = None) -> float:
@@ -98,16 +155,7 @@ def universal_quality_index(fused: object, sources: Sequence[object], *, data_ra
 
 
 def _weighted_quality(group: ScoredGroup, edges: bool = False) -> float:
-    count = len(group.sources)
-    saliency = np.stack([group.window_moments(k, edges)[1] for k in range(count)])
-    quality = np.stack([group.quality_map(k, edges) for k in range(count)])
-    total = saliency.sum(axis=0)
-    # Local weight lambda_k = s_k / sum_j s_j; windows where no source varies share equally.
-    local = np.where(total > 0, saliency / np.where(total > 0, total, 1.0), 1.0 / count)
-    overall = saliency.max(axis=0)  # C(w) = max_k s(S_k | w)
-    if overall.sum() <= 0:  # every source constant: all windows count the same
-        overall = np.ones_like(overall)
-    return float(np.sum(overall * np.sum(local * quality, axis=0)) / overall.sum())
+    return float(_quality_indices(group, edges)[1])
 
 
 def weighted_quality_index(fused: object, sources: Sequence[object], *, data_range: DataRange = None) -> float:
@@ -163,6 +211,9 @@ def edge_dependent_quality_index(
 
 def _gradient_based_quality(group: ScoredGroup) -> float:
     c = QABF_CONSTANTS
+    if group.kernels is not None:
+        _, numerator, denominator = _compiled_gradients(group)
+        return numerator / denominator if denominator > 0.0 else 0.0
     g_f, a_f = group.edge("F"), group.orientation("F")
     numerator = 0.0
     denominator = 0.0
@@ -178,6 +229,46 @@ def _gradient_based_quality(group: ScoredGroup) -> float:
     if denominator <= 0.0:
         return 0.0
     return numerator / denominator
+
+
+def _compiled_gradients(group: ScoredGroup) -> tuple[np.ndarray, float, float]:
+    """Compiled backend: Sobel magnitudes of ``(S_0, ..., S_{K-1}, F)`` and the Q^AB/F sums, in one pass.
+
+    QE needs the magnitude images whole (for its 8x8 windows); Q^AB/F needs the
+    orientations only pixel by pixel, so they are made one strip of rows at a time
+    and never kept whole. The kernels leave ``arctan2`` and ``exp`` to NumPy, whose
+    are vectorised (numba's call the scalar C library). Both metrics come from this
+    one pass, so QE alone also pays for Q^AB/F's sums.
+    """
+    def compute():
+        images = group.with_fused_last()
+        count, (height, width) = len(images), images[0].shape
+        magnitude = np.empty((count, height, width))
+        constants = tuple(QABF_CONSTANTS.values())
+
+        def scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            strip = (count, _GRADIENT_STRIP, width)
+            return np.empty(strip), np.empty(strip), np.empty((2, count - 1, _GRADIENT_STRIP, width))
+
+        def band(first: int, end: int, buffers: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[float, float]:
+            gx, gy, exponents = buffers
+            numerator = denominator = 0.0
+            for r0 in range(first, end, _GRADIENT_STRIP):
+                rows = min(_GRADIENT_STRIP, end - r0)
+                for p, image in enumerate(images):
+                    group.kernels.sobel_rows(image, r0, r0 + rows, gx[p], gy[p], magnitude[p, r0 : r0 + rows])
+                angle = np.arctan2(gy[:, :rows], gx[:, :rows], out=gx[:, :rows])
+                group.kernels.qabf_exponents(magnitude[:, r0 : r0 + rows], angle, constants, exponents[:, :, :rows])
+                exponentials = np.exp(exponents[:, :, :rows], out=exponents[:, :, :rows])
+                num, den = group.kernels.qabf_sums(magnitude[:, r0 : r0 + rows], exponentials, constants)
+                numerator += num
+                denominator += den
+            return numerator, denominator
+
+        bands = in_row_bands(band, height, group.kernels, scratch)
+        return magnitude, sum(b[0] for b in bands), sum(b[1] for b in bands)
+
+    return group.memo(("compiled_gradients",), compute)
 
 
 def gradient_based_quality_index(fused: object, sources: Sequence[object], *, data_range: DataRange = None) -> float:
@@ -279,7 +370,36 @@ def vif_between(group: ScoredGroup, reference: Role, distorted: Role = "F") -> f
 
 
 def _visual_information_fidelity(group: ScoredGroup) -> float:
+    if group.kernels is not None:
+        return float(sum(_vif_compiled(group)))
     return float(sum(vif_between(group, k) for k in range(len(group.sources))))
+
+
+def _vif_compiled(group: ScoredGroup) -> list[float]:
+    """Compiled backend: :func:`vif_between` of every source, all filtered together scale by scale."""
+    count = len(group.sources)
+    numerator, denominator = np.zeros(count), np.zeros(count)
+    images = group.with_fused_last()
+    for scale, kernel in enumerate(_VIF_KERNELS, start=1):
+        if min(images[0].shape) < kernel.size:
+            break
+        if scale > 1:
+            images = tuple(group.kernels.vif_downsample(image, kernel) for image in images)
+            if min(images[0].shape) < kernel.size:
+                break
+
+        def band(first: int, end: int, images=images, kernel=kernel) -> tuple[np.ndarray, np.ndarray]:
+            sums = np.zeros(count), np.zeros(count)
+            group.kernels.vif_scale(images, kernel, _VIF_EPS, _VIF_NOISE_VARIANCE, first, end, *sums)
+            return sums
+
+        for num, den in in_row_bands(band, images[0].shape[0] - kernel.size + 1, group.kernels):
+            numerator += num
+            denominator += den
+    return [
+        float(n / d) if d > VARIANCE_FLOOR else (1.0 if np.array_equal(group.sources[k], group.fused) else 0.0)
+        for k, (n, d) in enumerate(zip(numerator, denominator))
+    ]
 
 
 def visual_information_fidelity(fused: object, sources: Sequence[object], *, data_range: DataRange = None) -> float:

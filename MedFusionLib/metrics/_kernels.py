@@ -1,0 +1,806 @@
+"""Compiled inner loops of the metrics (numba, installed with the ``fast`` extra).
+
+Imported only through :func:`MedFusionLib.metrics._group.compiled_kernels`, so
+MedFusion runs without numba; every kernel here has a NumPy counterpart in the
+metric's own module, and the tests check that both give the same values.
+
+Why kernels at all: on a 256x256 image each NumPy or SciPy call that makes a new
+full-size ``float64`` array pays for its memory as well as its arithmetic, and the
+metrics need dozens of such arrays (windowed moments, Sobel responses, filtered
+products). These kernels stream over the image row by row, keep only a few rows of
+scratch, and reduce straight to the sums each metric needs. The arithmetic of each
+filter is written out in the order SciPy's ``correlate1d`` uses (centre tap first,
+then symmetric pairs from the outside in), so filtered values match the NumPy path
+to the last bit where the interior of an image is concerned; sums over pixels are
+added in another order, which changes results only by rounding.
+
+Transcendental functions (``arctan2``, ``exp``, ``log`` over whole arrays) are left
+to NumPy where a kernel can hand them over in bulk: NumPy's are vectorised, the
+scalar calls numba makes are several times slower.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_jit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@_jit
+def _symmetric_rows(image, centre, weights, out):
+    """``out[j]`` = correlation of column j of ``image`` with the odd symmetric ``weights`` at row ``centre``.
+
+    SciPy's symmetric ``correlate1d``: ``x[c] w[r] + sum_{t=r..1} (x[c-t] + x[c+t]) w[r-t]``;
+    the caller keeps ``centre`` at least ``r`` rows from either border.
+    """
+    radius = weights.size // 2
+    middle = weights[radius]
+    row = image[centre]
+    for j in range(out.size):
+        out[j] = row[j] * middle
+    for t in range(radius, 0, -1):
+        above = image[centre - t]
+        below = image[centre + t]
+        weight = weights[radius - t]
+        for j in range(out.size):
+            out[j] += (above[j] + below[j]) * weight
+
+
+@_jit
+def _symmetric_rows_product(first, second, centre, weights, out):
+    """:func:`_symmetric_rows` of the pixelwise product ``first * second`` (never formed as an image)."""
+    radius = weights.size // 2
+    middle = weights[radius]
+    a0 = first[centre]
+    b0 = second[centre]
+    for j in range(out.size):
+        out[j] = (a0[j] * b0[j]) * middle
+    for t in range(radius, 0, -1):
+        a1 = first[centre - t]
+        b1 = second[centre - t]
+        a2 = first[centre + t]
+        b2 = second[centre + t]
+        weight = weights[radius - t]
+        for j in range(out.size):
+            out[j] += (a1[j] * b1[j] + a2[j] * b2[j]) * weight
+
+
+@_jit
+def _symmetric_valid(line, weights, out):
+    """'valid' correlation of one row with odd symmetric ``weights``: ``out[j]`` is centred on ``line[j + r]``."""
+    radius = weights.size // 2
+    middle = weights[radius]
+    for j in range(out.size):
+        out[j] = line[j + radius] * middle
+    for t in range(radius, 0, -1):
+        weight = weights[radius - t]
+        for j in range(out.size):
+            out[j] += (line[j + radius - t] + line[j + radius + t]) * weight
+
+
+@_jit
+def _filtered_moments(images, centre, weights, column, out):
+    """Filtered x, x^2 of every image and x_k * x_F of every source k, at one output row ('valid').
+
+    ``images`` = (sources..., fused); ``out`` rows: ``[0, P)`` means, ``[P, 2P)`` squares,
+    ``[2P, 2P + K)`` cross products with the fused image (P = K + 1 images).
+    """
+    count = len(images)
+    fused = images[count - 1]
+    for p in range(count):
+        image = images[p]
+        _symmetric_rows(image, centre, weights, column)
+        _symmetric_valid(column, weights, out[p])
+        _symmetric_rows_product(image, image, centre, weights, column)
+        _symmetric_valid(column, weights, out[count + p])
+    for k in range(count - 1):
+        _symmetric_rows_product(images[k], fused, centre, weights, column)
+        _symmetric_valid(column, weights, out[2 * count + k])
+
+
+# --------------------------------------------------------------------------- single-image statistics
+
+
+@_jit
+def image_statistics(image):
+    """MEAN, STD, the two halves of SF, and the means behind GRAD and EOG, in two passes.
+
+    Transcriptions of :mod:`MedFusionLib.metrics.statistics` without its temporaries:
+    returns ``(mean, std, RF^2, CF^2, mean sqrt((dx^2 + dy^2) / 2), mean (dx^2 + dy^2))``,
+    the last two over the ``(M-1) x (N-1)`` grid of forward differences; a mean over
+    no differences is 0. STD is NumPy's two-pass ``sqrt(mean((F - mean F)^2))``.
+    """
+    height, width = image.shape
+    total = 0.0
+    for i in range(height):
+        row = image[i]
+        for j in range(width):
+            total += row[j]
+    mean = total / (height * width)
+    deviation = 0.0
+    rows = 0.0
+    cols = 0.0
+    average = 0.0
+    energy = 0.0
+    for i in range(height):
+        row = image[i]
+        for j in range(width):
+            d = row[j] - mean
+            deviation += d * d
+        for j in range(1, width):
+            d = row[j] - row[j - 1]
+            rows += d * d
+        if i > 0:
+            above = image[i - 1]
+            for j in range(width):
+                d = row[j] - above[j]
+                cols += d * d
+        if i < height - 1:
+            below = image[i + 1]
+            for j in range(width - 1):
+                dx = row[j + 1] - row[j]
+                dy = below[j] - row[j]
+                squared = dx * dx + dy * dy
+                average += math.sqrt(squared / 2.0)
+                energy += squared
+    grid = (height - 1) * (width - 1)
+    return (
+        mean,
+        math.sqrt(deviation / (height * width)),
+        rows / (height * (width - 1)) if width > 1 else 0.0,
+        cols / ((height - 1) * width) if height > 1 else 0.0,
+        average / grid if grid > 0 else 0.0,
+        energy / grid if grid > 0 else 0.0,
+    )
+
+
+@_jit
+def error_sums(fused, target):
+    """``sum (F - T)^2`` and ``sum T^2`` (RMSE, PSNR and REL) without the difference image."""
+    error = 0.0
+    norm = 0.0
+    for i in range(fused.shape[0]):
+        for j in range(fused.shape[1]):
+            d = fused[i, j] - target[i, j]
+            error += d * d
+            norm += target[i, j] * target[i, j]
+    return error, norm
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+@_jit_inline
+def _grey_level(value, top):
+    """:func:`MedFusionLib.metrics._common.grey_levels` of one value: round half to even, clip to [0, top]."""
+    return int(min(max(np.rint(value), 0.0), top))
+
+
+@_jit
+def grey_histogram(image, bins):
+    """Counts of each grey level (``np.bincount(grey_levels(image), minlength=bins)``) without the level image."""
+    counts = np.zeros(bins, np.int64)
+    top = bins - 1.0
+    for row in image:
+        for value in row:
+            counts[_grey_level(value, top)] += 1
+    return counts
+
+
+@_jit
+def grey_joint_histogram(first, second, bins):
+    """Joint grey-level counts, rows indexing ``first`` (see :meth:`ScoredGroup.joint_histogram`)."""
+    counts = np.zeros((bins, bins), np.int64)
+    top = bins - 1.0
+    height, width = first.shape
+    for i in range(height):
+        for j in range(width):
+            counts[_grey_level(first[i, j], top), _grey_level(second[i, j], top)] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------- SSIM
+
+
+@_jit
+def ssim_sums(images, weights, c1, c2, first, end):
+    """Sums of the SSIM map of each image k against the last one, over interior rows ``[first, end)``.
+
+    Transcription of :func:`MedFusionLib.metrics.structural.ssim_between`: Gaussian
+    moments (``weights`` = SSIM's 11 taps) and the SSIM formula per pixel, over the
+    pixels at least ``r`` from every border (whose mean is SSIM); those are exactly
+    the 'valid' ones, so the border mode of the NumPy path never enters. Rows are
+    numbered within the interior (0 is image row ``r``).
+    """
+    count = len(images)
+    width = images[0].shape[1]
+    radius = weights.size // 2
+    out_width = width - 2 * radius
+    column = np.empty(width)
+    moments = np.empty((3 * count - 1, out_width))
+    sums = np.zeros(count - 1)
+    for centre in range(radius + first, radius + end):
+        _filtered_moments(images, centre, weights, column, moments)
+        mean_y = moments[count - 1]
+        square_y = moments[2 * count - 1]
+        for k in range(count - 1):
+            mean_x = moments[k]
+            square_x = moments[count + k]
+            cross = moments[2 * count + k]
+            total = 0.0
+            for j in range(out_width):
+                mx = mean_x[j]
+                my = mean_y[j]
+                var_x = square_x[j] - mx * mx
+                var_y = square_y[j] - my * my
+                cov = cross[j] - mx * my
+                total += ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (var_x + var_y + c2))
+            sums[k] += total
+    return sums
+
+
+# --------------------------------------------------------------------------- VIF
+
+
+@_jit
+def vif_downsample(image, weights):
+    """``filter2(w, image, 'valid')(1:2:end, 1:2:end)``: only the kept pixels are filtered."""
+    height, width = image.shape
+    radius = weights.size // 2
+    out = np.empty(((height - 2 * radius + 1) // 2, (width - 2 * radius + 1) // 2))
+    column = np.empty(width)
+    line = np.empty(width - 2 * radius)
+    for i in range(out.shape[0]):
+        _symmetric_rows(image, 2 * i + radius, weights, column)
+        _symmetric_valid(column, weights, line)
+        for j in range(out.shape[1]):
+            out[i, j] = line[2 * j]
+    return out
+
+
+@_jit
+def vif_scale(images, weights, eps, noise_variance, first, end, numerator, denominator):
+    """Add one scale's pixel-domain VIF sums of each source k against the fused image (last).
+
+    Transcription of the loop body of :func:`MedFusionLib.metrics.structural.vif_between`
+    (``vifp_mscale.m``), with every image's moments filtered in the same pass, over
+    the 'valid' output rows ``[first, end)``. The
+    sums of ``log10(1 + x)`` are taken as ``log10`` of running products, flushed
+    long before they could overflow (each factor is at most ``1 + 127.5^2 / 2``, the
+    largest variance on the 0-255 scale over sigma_n^2): a scalar ``log10`` per pixel
+    costs more than the filtering, and the two differ only by rounding.
+    """
+    count = len(images)
+    width = images[0].shape[1]
+    radius = weights.size // 2
+    out_width = width - 2 * radius
+    column = np.empty(width)
+    moments = np.empty((3 * count - 1, out_width))
+    for centre in range(radius + first, radius + end):
+        _filtered_moments(images, centre, weights, column, moments)
+        mean_f = moments[count - 1]
+        square_f = moments[2 * count - 1]
+        for k in range(count - 1):
+            mean_s = moments[k]
+            square_s = moments[count + k]
+            cross = moments[2 * count + k]
+            num = 0.0
+            den = 0.0
+            num_product = 1.0
+            den_product = 1.0
+            for j in range(out_width):
+                mu1 = mean_s[j]
+                mu2 = mean_f[j]
+                sigma1_sq = max(square_s[j] - mu1 * mu1, 0.0)
+                sigma2_sq = max(square_f[j] - mu2 * mu2, 0.0)
+                sigma12 = cross[j] - mu1 * mu2
+                g = sigma12 / (sigma1_sq + eps)
+                sv_sq = sigma2_sq - g * sigma12
+                if sigma1_sq < eps:
+                    g = 0.0
+                    sv_sq = sigma2_sq
+                    sigma1_sq = 0.0
+                if sigma2_sq < eps:
+                    g = 0.0
+                    sv_sq = 0.0
+                if g < 0:
+                    sv_sq = sigma2_sq
+                    g = 0.0
+                sv_sq = max(sv_sq, eps)
+                num_product *= 1.0 + g * g * sigma1_sq / (sv_sq + noise_variance)
+                den_product *= 1.0 + sigma1_sq / noise_variance
+                if num_product > 1e200 or den_product > 1e200:
+                    num += math.log10(num_product)
+                    den += math.log10(den_product)
+                    num_product = 1.0
+                    den_product = 1.0
+            numerator[k] += num + math.log10(num_product)
+            denominator[k] += den + math.log10(den_product)
+
+
+# --------------------------------------------------------------------------- Q0, QW, QE
+
+
+@_jit
+def quality_sums(images, win_rows, win_cols, floor, first, end):
+    """Sums over sliding windows of Wang & Bovik's Q(S_k, F) and of Piella's QW terms.
+
+    Transcription of :meth:`ScoredGroup.quality_map` and
+    :func:`MedFusionLib.metrics.structural._weighted_quality` for ``images`` =
+    (sources..., fused), over the windows whose top row is in ``[first, end)``:
+    returns ``(q_sums[k], weighted, weight, unweighted)``, where ``weighted`` =
+    sum_w c(w) sum_k lambda_k Q_k, ``weight`` = sum_w c(w) and ``unweighted`` =
+    sum_w sum_k lambda_k Q_k (used when no source varies anywhere).
+
+    Column sums over the window's rows are updated as the window moves down (exact
+    for integer images, like every sum here); each row of windows is then handled
+    as whole vectors, all three cases of Q computed and the right one selected, so
+    the loops carry no branches.
+    """
+    count = len(images)
+    sources = count - 1
+    fused = images[sources]
+    width = fused.shape[1]
+    out_cols = width - win_cols + 1
+    inverse_size = 1.0 / (win_rows * win_cols)
+    quantities = 2 * count + sources  # x_p, x_p^2, then x_k * x_F
+    columns = np.zeros((quantities, width))
+    windows = np.empty((quantities, out_cols))
+    mean = np.empty((count, out_cols))
+    var = np.empty((count, out_cols))
+    total = np.empty(out_cols)
+    largest = np.empty(out_cols)
+    local = np.empty(out_cols)
+    q_sums = np.zeros(sources)
+    weighted = 0.0
+    weight = 0.0
+    unweighted = 0.0
+    for r in range(first, end):
+        # Column sums of rows [r, r + win_rows): built once, then one row in and one out.
+        rows_in = range(r, r + win_rows) if r == first else range(r + win_rows - 1, r + win_rows)
+        for t in rows_in:
+            for p in range(count):
+                row = images[p][t]
+                plain = columns[p]
+                square = columns[count + p]
+                for j in range(width):
+                    plain[j] += row[j]
+                    square[j] += row[j] * row[j]
+            row_f = fused[t]
+            for k in range(sources):
+                row = images[k][t]
+                cross = columns[2 * count + k]
+                for j in range(width):
+                    cross[j] += row[j] * row_f[j]
+        if r > first:
+            t = r - 1
+            for p in range(count):
+                row = images[p][t]
+                plain = columns[p]
+                square = columns[count + p]
+                for j in range(width):
+                    plain[j] -= row[j]
+                    square[j] -= row[j] * row[j]
+            row_f = fused[t]
+            for k in range(sources):
+                row = images[k][t]
+                cross = columns[2 * count + k]
+                for j in range(width):
+                    cross[j] -= row[j] * row_f[j]
+        for q in range(quantities):
+            line = columns[q]
+            out = windows[q]
+            for c in range(out_cols):
+                out[c] = line[c]
+            for u in range(1, win_cols):
+                shifted = line[u : u + out_cols]
+                for c in range(out_cols):
+                    out[c] += shifted[c]
+        for p in range(count):
+            for c in range(out_cols):
+                m = windows[p, c] * inverse_size
+                v = windows[count + p, c] * inverse_size - m * m
+                mean[p, c] = m
+                var[p, c] = v if v >= floor else 0.0
+        for c in range(out_cols):
+            total[c] = 0.0
+            largest[c] = 0.0
+            local[c] = 0.0
+        for k in range(sources):
+            for c in range(out_cols):
+                total[c] += var[k, c]
+                largest[c] = var[k, c] if var[k, c] > largest[c] else largest[c]
+        for k in range(sources):
+            cross = windows[2 * count + k]
+            acc = 0.0
+            for c in range(out_cols):
+                mx = mean[k, c]
+                my = mean[sources, c]
+                cov = cross[c] * inverse_size - mx * my
+                variance_sum = var[k, c] + var[sources, c]
+                mean_sq_sum = mx * mx + my * my
+                flat = variance_sum == 0.0
+                lit = mean_sq_sum > 0.0
+                safe_variance = variance_sum if not flat else 1.0
+                safe_mean = mean_sq_sum if lit else 1.0
+                if flat:
+                    q = 2.0 * mx * my / safe_mean if lit else 1.0
+                else:
+                    q = 4.0 * cov * mx * my / (variance_sum * safe_mean) if lit else 2.0 * cov / safe_variance
+                q = -1.0 if q < -1.0 else (1.0 if q > 1.0 else q)
+                acc += q
+                t = total[c]
+                local[c] += (var[k, c] / (t if t > 0.0 else 1.0) if t > 0.0 else 1.0 / sources) * q
+            q_sums[k] += acc
+        for c in range(out_cols):
+            weighted += largest[c] * local[c]
+            weight += largest[c]
+            unweighted += local[c]
+    return q_sums, weighted, weight, unweighted
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@_jit
+def sobel_rows(image, r0, r1, gx, gy, magnitude):
+    """Rows ``[r0, r1)`` of the Sobel responses with replicated borders, as ``ndimage.sobel(mode='nearest')``.
+
+    Written to rows ``0 .. r1 - r0`` of the outputs. ``gx`` is the derivative along
+    columns smoothed along rows ([-1, 0, 1] then [1, 2, 1], in SciPy's antisymmetric
+    and symmetric ``correlate1d`` arithmetic); ``gy`` the same with the axes swapped;
+    ``magnitude = sqrt(gx^2 + gy^2)``.
+    """
+    height, width = image.shape
+    above = np.empty(width)
+    here = np.empty(width)
+    below = np.empty(width)
+    vertical = np.empty(width)
+    for i in range(r0, r1):
+        x_above = image[max(i - 1, 0)]
+        x_here = image[i]
+        x_below = image[min(i + 1, height - 1)]
+        for j in range(width):
+            left = max(j - 1, 0)
+            right = min(j + 1, width - 1)
+            above[j] = x_above[j] * 0.0 + (x_above[left] - x_above[right]) * -1.0
+            here[j] = x_here[j] * 0.0 + (x_here[left] - x_here[right]) * -1.0
+            below[j] = x_below[j] * 0.0 + (x_below[left] - x_below[right]) * -1.0
+            vertical[j] = x_here[j] * 0.0 + (x_above[j] - x_below[j]) * -1.0
+        out = i - r0
+        for j in range(width):
+            left = max(j - 1, 0)
+            right = min(j + 1, width - 1)
+            h = here[j] * 2.0 + (above[j] + below[j])
+            v = vertical[j] * 2.0 + (vertical[left] + vertical[right])
+            gx[out, j] = h
+            gy[out, j] = v
+            magnitude[out, j] = math.sqrt(h * h + v * v)
+
+
+@_jit
+def qabf_exponents(magnitude, angle, constants, out):
+    """The arguments of Q^AB/F's two sigmoids for every source pixel (fused image last in both stacks).
+
+    ``out[0, k]`` = ``k_g (G - D_g)`` and ``out[1, k]`` = ``k_a (A - D_a)``, with G the
+    strength ratio and A the orientation agreement of source k against the fused
+    image (see :func:`MedFusionLib.metrics.structural._gradient_based_quality`), for
+    NumPy to exponentiate in bulk. ``angle`` is ``arctan2(gy, gx)`` in [-pi, pi],
+    folded here to [0, pi) exactly as ``np.mod(angle, pi)`` does (``a + pi`` for
+    negative ``a``, 0 for ``pi``).
+    """
+    _, k_g, d_g, _, k_a, d_a = constants
+    count, height, width = magnitude.shape
+    pi = math.pi
+    half_pi = pi / 2
+    for k in range(count - 1):
+        for i in range(height):
+            g_s = magnitude[k, i]
+            g_f = magnitude[count - 1, i]
+            a_s = angle[k, i]
+            a_f = angle[count - 1, i]
+            strength = out[0, k, i]
+            orientation = out[1, k, i]
+            for j in range(width):
+                s = a_s[j]
+                s = s + pi if s < 0 else (0.0 if s == pi else s)
+                f = a_f[j]
+                f = f + pi if f < 0 else (0.0 if f == pi else f)
+                larger = max(g_s[j], g_f[j])
+                relative = min(g_s[j], g_f[j]) / (larger if larger > 0 else 1.0) if larger > 0 else 1.0
+                strength[j] = k_g * (relative - d_g)
+                orientation[j] = k_a * (abs(abs(s - f) - half_pi) / half_pi - d_a)
+
+
+@_jit
+def qabf_sums(magnitude, exponentials, constants):
+    """Numerator and denominator of Q^AB/F, ``sum Q^SF g_S`` and ``sum g_S``, from the sigmoids' exponentials."""
+    gamma_g, _, _, gamma_a, _, _ = constants
+    count, height, width = magnitude.shape
+    numerator = 0.0
+    denominator = 0.0
+    for k in range(count - 1):
+        for i in range(height):
+            g_s = magnitude[k, i]
+            e_g = exponentials[0, k, i]
+            e_a = exponentials[1, k, i]
+            num = 0.0
+            den = 0.0
+            for j in range(width):
+                num += gamma_g / (1.0 + e_g[j]) * (gamma_a / (1.0 + e_a[j])) * g_s[j]
+                den += g_s[j]
+            numerator += num
+            denominator += den
+    return numerator, denominator
+
+
+# --------------------------------------------------------------------------- FMI
+#
+# Feature mutual information scores every window pair with fmi.m's joint
+# distribution (see MedFusionLib.metrics.fmi._fmi_window_scores for the algebra).
+# Per block of windows the work is split where the logarithms are: fmi_windows
+# makes every window's pdf, NumPy takes their logs, fmi_pairs merges the CDFs and
+# writes each coupling cell's joint value, NumPy takes those logs, fmi_scores sums.
+
+
+@_jit
+def fmi_windows(features, r0, r1, win_rows, win_cols, pdf, cdf, log_argument, stats):
+    """Every image's window distributions for the windows whose top row is in ``[r0, r1)``.
+
+    ``features`` = (sources..., fused) feature maps; windows are numbered row by row
+    from ``r0`` and stored along the last axis, so every loop here runs along a row
+    of windows over contiguous memory, which the compiler vectorises. For image p,
+    cell q of the window (column-major, as MATLAB's ``(:)``) and window n:
+    ``pdf[p, q, n]`` the min-max normalised window (all ones if constant) scaled to
+    sum 1, ``cdf[p, q, n]`` its running sum,
+    ``log_argument[p, q, n]`` the pdf with zeros replaced by 1 (its log is the
+    entropy's ``log p``, 0 for empty cells), and ``stats[p, :, n]`` = (sum of the CDF,
+    centred sum of squares of the pdf, standard deviation of the cell index, mean of the pdf).
+    """
+    width = features[0].shape[1]
+    out_cols = width - win_cols + 1
+    length = win_rows * win_cols
+    lo = np.empty(out_cols)
+    hi = np.empty(out_cols)
+    scale = np.empty(out_cols)
+    acc = np.empty(out_cols)
+    sum_cdf = np.empty(out_cols)
+    first = np.empty(out_cols)
+    second = np.empty(out_cols)
+    centred = np.empty(out_cols)
+    for p in range(len(features)):
+        image = features[p]
+        for r in range(r0, r1):
+            window = slice((r - r0) * out_cols, (r - r0 + 1) * out_cols)
+            lo[:] = image[r, :out_cols]
+            hi[:] = image[r, :out_cols]
+            for dr in range(win_rows):
+                for dc in range(win_cols):
+                    values = image[r + dr, dc : dc + out_cols]
+                    # Selects, not min()/max(), whose NaN branches keep numba from vectorising.
+                    for c in range(out_cols):
+                        v = values[c]
+                        lo[c] = v if v < lo[c] else lo[c]
+                        hi[c] = v if v > hi[c] else hi[c]
+            # One division per window, then products (values move by an ulp at most).
+            for c in range(out_cols):
+                scale[c] = 1.0 / (hi[c] - lo[c]) if hi[c] > lo[c] else 0.0
+                acc[c] = 0.0
+            for dc in range(win_cols):
+                for dr in range(win_rows):
+                    values = image[r + dr, dc : dc + out_cols]
+                    out = pdf[p, dc * win_rows + dr, window]
+                    for c in range(out_cols):
+                        u = (values[c] - lo[c]) * scale[c] if hi[c] > lo[c] else 1.0
+                        out[c] = u
+                        acc[c] += u
+            for c in range(out_cols):
+                scale[c] = 1.0 / acc[c]
+                acc[c] = 0.0
+                sum_cdf[c] = 0.0
+                first[c] = 0.0
+                second[c] = 0.0
+            for q in range(length):
+                out = pdf[p, q, window]
+                logs = log_argument[p, q, window]
+                running = cdf[p, q, window]
+                index = q + 1.0
+                for c in range(out_cols):
+                    x = out[c] * scale[c]
+                    out[c] = x
+                    logs[c] = x if x > 0 else 1.0
+                    acc[c] += x
+                    running[c] = acc[c]
+                    sum_cdf[c] += acc[c]
+                    first[c] += index * x
+                    second[c] += index * index * x
+            for c in range(out_cols):
+                acc[c] /= length  # now the mean of the pdf
+                centred[c] = 0.0
+            for q in range(length):
+                out = pdf[p, q, window]
+                for c in range(out_cols):
+                    d = out[c] - acc[c]
+                    centred[c] += d * d
+            # A flat window's pdf is exactly uniform, so exactly uncorrelated with any
+            # other; its rounded mean would leave a sum of squares of ~1e-33, and two flat
+            # windows a correlation of +-1 made of rounding alone.
+            for c in range(out_cols):
+                centred[c] = centred[c] if hi[c] > lo[c] else 0.0
+            stats[p, 0, window] = sum_cdf
+            stats[p, 1, window] = centred
+            stats[p, 2, window] = np.sqrt(np.maximum(second - first * first, 0.0))
+            stats[p, 3, window] = acc
+
+
+@_jit
+def fmi_pairs(features, r0, r1, win_rows, win_cols, pdf, cdf, log_pdf, stats, joint, argument, base, total, same):
+    """Each (source window, fused window) pair's joint cells, for :func:`fmi_scores`.
+
+    Inputs as :func:`fmi_windows` left them (``log_pdf`` = NumPy's log of its
+    ``log_argument``). For source k and window n: ``joint[k, n, :2l]`` the joint value
+    of each coupling cell (0 for cells of zero width), ``joint[k, n, 2l]`` the weight
+    of ``log|1 - kappa|``, ``argument`` the absolute values whose logs NumPy takes
+    next (1 where a value is 0), ``base`` the rest of ``H_S + H_F - H_J`` and
+    ``total`` = ``H_S + H_F``; ``same`` flags windows equal to the fused one.
+
+    fmi.m's joint entropy ``-sum J log|J|``, with ``J = kappa D + (1 - kappa) p_F p_S^T``,
+    is that of the product part in closed form, corrected on the coupling's cells::
+
+        sum J log|J| = r log|r| (1 - m) - r (H_F + H_S) - r sum_c p_c (log p_F + log p_S)
+                       + sum_c J_c log|J_c|,   r = 1 - kappa,  m = sum_c p_c
+
+    over the cells c of nonzero width. Those cells are the intervals between
+    consecutive values of the fused CDF merged with the source CDF (or 1 minus it,
+    reversed, for a negative correlation), fused values first on ties. Rather than
+    walking the merge, a chain of dependent steps, every value's place in it is
+    counted directly (how many values of the other CDF precede it): independent
+    comparisons the processor overlaps.
+    """
+    count = len(features)
+    sources = count - 1
+    fused = features[sources]
+    out_cols = fused.shape[1] - win_cols + 1
+    length = win_rows * win_cols
+    neg_inf = -np.inf
+    # CDF values shifted by one: index m holds the m-th smallest value, index 0 holds -inf.
+    fused_below = np.empty(length + 1)
+    # Padded with +inf to a multiple of 8 values: the counting loop gets a vector-friendly length.
+    padded = (length + 7) // 8 * 8
+    other_below = np.full(padded + 1, np.inf)
+    fused_ends = np.zeros(length + 1, np.int64)
+    pf = np.empty(length)
+    ps = np.empty(length)
+    lpf = np.empty(length)
+    lps = np.empty(length)
+    widths = np.empty(2 * length)
+    products = np.empty(2 * length)
+    fused_below[0] = neg_inf
+    other_below[0] = neg_inf
+    n = 0
+    for r in range(r0, r1):
+        for c in range(out_cols):
+            h_f = 0.0
+            for q in range(length):
+                pf[q] = pdf[sources, q, n]
+                lpf[q] = log_pdf[sources, q, n]
+                fused_below[q + 1] = cdf[sources, q, n]
+                h_f -= pf[q] * lpf[q]
+            mean_f = stats[sources, 3, n]
+            for k in range(sources):
+                image = features[k]
+                identical = True
+                for dr in range(win_rows):
+                    for dc in range(win_cols):
+                        if image[r + dr, c + dc] != fused[r + dr, c + dc]:
+                            identical = False
+                            break
+                    if not identical:
+                        break
+                same[k, n] = identical
+                if identical:
+                    for e in range(2 * length + 1):
+                        joint[k, n, e] = 0.0
+                        argument[k, n, e] = 1.0
+                    base[k, n] = 0.0
+                    total[k, n] = 0.0
+                    continue
+                mean_s = stats[k, 3, n]
+                h_s = 0.0
+                cross = 0.0
+                for q in range(length):
+                    ps[q] = pdf[k, q, n]
+                    lps[q] = log_pdf[k, q, n]
+                    h_s -= ps[q] * lps[q]
+                    cross += (ps[q] - mean_s) * (pf[q] - mean_f)
+                norm = math.sqrt(stats[k, 1, n] * stats[sources, 1, n])
+                corr = cross / norm if (cross != 0.0 and norm > 0.0) else 0.0
+                positive = 1 if corr >= 0.0 else 0
+                for j in range(length):
+                    up = cdf[k, j, n]
+                    down = 1.0 - cdf[k, length - 1 - j, n]
+                    other_below[j + 1] = up if positive else down
+                # Place in the merge: other value j precedes fused value i iff o_j < P_F(i).
+                bound = 0.0
+                mass = 0.0
+                mass_log = 0.0
+                for v in range(length + 1):
+                    fused_ends[v] = 0
+                for i in range(length):
+                    value = fused_below[i + 1]
+                    ahead = 0
+                    for j in range(padded):
+                        ahead += other_below[j + 1] < value
+                    fused_ends[ahead] += 1
+                    # The interval this value closes starts at the value just before it in the merge.
+                    start = max(fused_below[i], other_below[ahead])
+                    w = value - (start if start > neg_inf else 0.0)
+                    bound += w * ((length - i) * ((length - ahead) if positive else ahead))
+                    col = min(ahead if positive else length - ahead, length - 1)
+                    product = pf[i] * ps[col]
+                    widths[i] = w
+                    products[i] = product
+                    counted = product if w != 0.0 else 0.0
+                    mass += counted
+                    mass_log += counted * (lpf[i] + lps[col])
+                before = 0  # fused values merged before other value j: those with at most j ahead of them
+                for j in range(length):
+                    value = other_below[j + 1]
+                    before += fused_ends[j]
+                    start = max(other_below[j], fused_below[before])
+                    w = value - (start if start > neg_inf else 0.0)
+                    bound += w * ((length - before) * ((length - j) if positive else j))
+                    row = min(before, length - 1)
+                    col = min(j if positive else length - j, length - 1)
+                    product = pf[row] * ps[col]
+                    widths[length + j] = w
+                    products[length + j] = product
+                    counted = product if w != 0.0 else 0.0
+                    mass += counted
+                    mass_log += counted * (lpf[row] + lps[col])
+                sd_f = stats[sources, 2, n]
+                sd_s = stats[k, 2, n]
+                denominator = sd_f * sd_s
+                spread = (bound - stats[sources, 0, n] * stats[k, 0, n]) / (denominator if denominator > 0 else 1.0)
+                kappa = corr / spread if (sd_s > 0 and sd_f > 0 and corr != 0.0 and spread != 0.0) else 0.0
+                rest = 1.0 - kappa
+                for e in range(2 * length):
+                    w = widths[e]
+                    value = kappa * w + rest * products[e] if w != 0.0 else 0.0
+                    joint[k, n, e] = value
+                    argument[k, n, e] = abs(value) if value != 0.0 else 1.0
+                joint[k, n, 2 * length] = rest * (1.0 - mass)
+                argument[k, n, 2 * length] = abs(rest) if rest != 0.0 else 1.0
+                base[k, n] = h_s + h_f - rest * (h_f + h_s) - rest * mass_log
+                total[k, n] = h_s + h_f
+            n += 1
+
+
+@_jit
+def fmi_scores(joint, log_argument, base, total, same, used, sums):
+    """Add each source's window scores ``2 I / (H_S + H_F)`` (1 for identical windows) to ``sums``."""
+    sources, _, cells = joint.shape
+    for k in range(sources):
+        acc = 0.0
+        for n in range(used):
+            if same[k, n]:
+                acc += 1.0
+                continue
+            information = base[k, n]
+            for e in range(cells):
+                information += joint[k, n, e] * log_argument[k, n, e]
+            t = total[k, n]
+            acc += 2.0 * information / t if (information != 0.0 and t > 0.0) else 0.0
+        sums[k] += acc
+
+
+def thread_count() -> int:
+    """Threads the kernels' callers may use: numba's setting (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``)."""
+    return numba.get_num_threads()
