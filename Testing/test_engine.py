@@ -304,3 +304,21 @@ def test_patience_must_be_positive_and_bad_tensor_shapes(dataset):
         model.fit(dataset, TrainingConfig(iterations=10, patience=0))
     with pytest.raises(InputError, match="batch, images, height, width"):
         model.fuse_tensor(torch.rand(2, 16, 16))
+
+
+def test_training_reports_and_cancels_between_validations(dataset):
+    """With one validation at the very end, progress still comes about every 1 % and a cancel
+    stops training at the next report, leaving the weights as they were."""
+    model = FusionModel.create("cnn", 2, 32, width=4, hidden=4, seed=0)
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    flag, seen = threading.Event(), []
+
+    def progress(fraction: float, message: str) -> None:
+        seen.append(fraction)
+        if len(seen) == 3:
+            flag.set()
+
+    with pytest.raises(TrainingCancelled):
+        model.fit(dataset, TrainingConfig(iterations=500, validation_every=500, seed=0), progress=progress, cancel=flag)
+    assert seen == pytest.approx([0.01, 0.02, 0.03])  # every 5 of 500 iterations; stopped at the 4th report
+    assert all(torch.equal(before[k], v) for k, v in model.network.state_dict().items())

@@ -233,6 +233,9 @@ def train(
             validation = (torch.from_numpy(val_inputs).to(device), torch.from_numpy(val_targets).to(device))
         best_state = copy.deepcopy(network.state_dict())
         stale = 0
+        # Progress (and a cancel check) about every 1 % as well as at validations, so a long
+        # validation interval neither freezes a progress bar nor delays a cancel.
+        report_every = max(1, config.iterations // 100)
         for iteration in range(1, config.iterations + 1):
             inputs, targets = train_set.sample_blocks(n, config.batch_size, rng)
             inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
@@ -241,7 +244,10 @@ def train(
             loss.backward()
             optimiser.step()
             history.train_loss.append(float(loss.detach()))
-            if iteration % config.validation_every == 0 or iteration == config.iterations:
+            validating = iteration % config.validation_every == 0 or iteration == config.iterations
+            if not validating and iteration % report_every == 0:
+                report(iteration / config.iterations, f"iteration {iteration}: loss {history.train_loss[-1]:.5f}")
+            if validating:
                 if validation is not None:
                     network.eval()
                     with torch.no_grad():
