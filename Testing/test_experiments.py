@@ -611,3 +611,15 @@ def test_repeat_study_trains_on_request_from_the_cli(tmp_path):
     with pytest.raises(InputError):
         refused.handler(refused)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # refused before a folder was made
+
+
+def test_a_study_without_matplotlib_is_refused_before_it_runs(tmp_path, monkeypatch):
+    """Without the experiments extra, the CLI says how to get it, at once, and leaves no folder."""
+    import importlib.util
+
+    from MedFusionLib.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["experiment", "compare", "--quick", "-q", "-o", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, MedFusionError
 from ..io import atomic_output
 
 ProgressCallback = Callable[[float, str], None]
@@ -266,6 +266,20 @@ def no_progress(fraction: float, message: str) -> None:  # noqa: ARG001 - the ca
     """The default progress callback: silent."""
 
 
+def require_matplotlib() -> None:
+    """Refuse, with the way forward, to start a study whose report cannot be drawn.
+
+    :raises MedFusionError: matplotlib (the ``experiments`` extra) is not installed.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MedFusionError(
+            "the report's figures need matplotlib: pip install 'medfusion[experiments]' "
+            "(or pass --no-report / report=False for the CSVs only)"
+        )
+
+
 @contextlib.contextmanager
 def open_run(out: str | os.PathLike, study: str, *, name: str | None = None, force: bool = False,
              run: RunFolder | None = None, report: bool = False) -> Iterator[RunFolder]:
@@ -277,6 +291,8 @@ def open_run(out: str | os.PathLike, study: str, *, name: str | None = None, for
     in as ``run`` belongs to the caller and is left alone. With ``report``, the report
     is built after the study's files are written.
     """
+    if report:
+        require_matplotlib()  # before the study runs, not after minutes of work
     created = run is None
     folder = RunFolder.create(out, study, name=name, force=force) if run is None else run
     try:

@@ -165,6 +165,7 @@ def command_experiment(args: argparse.Namespace) -> int:
     """Run one study (or all, or the report) as the options say; print where the results are."""
     from ..cli import ProgressBar  # here, not at import: MedFusionLib.cli imports this module
     from . import block_size, compare, convergence, perturbation, repeat, tables
+    from ._run import require_matplotlib
     from .report import build_report
     from .suite import run_all
 
@@ -172,6 +173,7 @@ def command_experiment(args: argparse.Namespace) -> int:
     if study is None:
         raise InputError("experiment: choose a study: " + ", ".join(_SUBCOMMANDS))
     if study == "report":
+        require_matplotlib()
         print(f"report written to {build_report(args.folder)}")
         return 0
     device = None if getattr(args, "device", "auto") in (None, "auto") else args.device
