@@ -394,12 +394,12 @@ def fuse_files(
         start = time.perf_counter()
         volume = fuse_volume(images, model=method, axis=axis, block_size=block_size, device=device,
                              modalities=modalities, progress=progress, cancel=cancel)
-        seconds, dimension, name = time.perf_counter() - start, 3, method_name(method)
+        seconds, name = time.perf_counter() - start, method_name(method)
         to_write, reference, is_colour = volume, None, False
     else:
         result = fuse([image.array if not image.is_color else image for image in images], model=method,
                       block_size=block_size, device=device, modalities=modalities)
-        seconds, dimension, name = result.seconds, 2, result.method
+        seconds, name = result.seconds, result.method
         is_colour = result.colour is not None
         to_write = result.colour if is_colour else result.image
         reference = None if is_colour else images[0]
@@ -410,5 +410,5 @@ def fuse_files(
     if cancel is not None and cancel.is_set():
         raise FusionCancelled("fusion cancelled before writing; nothing was written")
     path = write_image(to_write, output, reference=reference, overwrite=overwrite, protected_paths=protected,
-                       is_color=is_colour if dimension == 2 else None)
-    return WrittenFusion(Path(path), name, seconds, dimension)
+                       is_color=is_colour)
+    return WrittenFusion(Path(path), name, seconds, images[0].dimension)
