@@ -35,6 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "training": TrainingConfig(
             iterations=8000, batch_size=16, learning_rate=3e-3, gradient_weight=0.5,
             validation_every=100, validation_blocks=256, patience=20, seed=0, device="cpu",
+            small_block_fraction=0.2,
         ),
         "modalities": ["CT or MRI", "MRI, PET or SPECT"],
     },

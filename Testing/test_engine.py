@@ -71,6 +71,38 @@ def test_cnn_output_is_finite_and_depends_on_the_inputs():
     assert not torch.allclose(y, x[:, :1])  # not a copy of one input
 
 
+def test_cnn_clamps_each_pixel_to_the_inputs_range():
+    # A sharp bright square next to a dark one makes the pyramid blend overshoot; with the
+    # clamp the output is the unclamped output clipped to [min_k x_k, max_k x_k] per pixel.
+    torch.manual_seed(3)
+    clamped = PyramidWeightCNN().double().eval()
+    free = PyramidWeightCNN(clamp_to_inputs=False).double().eval()
+    free.load_state_dict(clamped.state_dict())
+    with torch.no_grad():
+        for parameter in clamped.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    free.load_state_dict(clamped.state_dict())
+    x = torch.rand(2, 2, 64, 64, dtype=torch.float64) * 0.2
+    x[:, 0, 16:40, 16:40] = 1.0
+    with torch.no_grad():
+        y, unclamped = clamped(x), free(x)
+    low, high = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+    assert ((unclamped < low - 1e-9) | (unclamped > high + 1e-9)).any()  # the case overshoots
+    assert (y >= low).all() and (y <= high).all()
+    assert torch.equal(y, torch.minimum(torch.maximum(unclamped, low), high))
+
+
+def test_model_files_without_the_clamp_option_load_with_it_off(tmp_path):
+    # Files written before ``clamp_to_inputs`` existed must fuse exactly as they did.
+    path = FusionModel.create("cnn", 2, 8, seed=0).save(tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    assert '"clamp_to_inputs": true' in payload["info"]
+    payload["info"] = payload["info"].replace(', "clamp_to_inputs": true', "")
+    torch.save(payload, path)
+    assert FusionModel.load(path).network.clamp_to_inputs is False
+    assert FusionModel.create("cnn", 2, 8).network.clamp_to_inputs is True
+
+
 def test_dbm_network_starts_from_the_average():
     network = BlockDBMNet(n_inputs=2, block_size=4, layer_sizes=(16, 8))
     blocks = torch.rand(5, 2, 4, 4)
@@ -216,6 +248,37 @@ def test_training_reduces_the_loss_and_is_reproducible(dataset):
         trained.append(again.network.state_dict())
     for name, value in trained[0].items():
         assert torch.equal(value, trained[1][name]), name
+
+
+@pytest.mark.parametrize("family, fraction", [("cnn", 0.0), ("cnn", 0.5), ("dbm", 0.5)])
+def test_small_block_steps(dataset, monkeypatch, family, fraction):
+    # The CNN may train a share of its steps on smaller blocks (so block-mode fusion with a small n
+    # meets a learned rule); the DBM is tied to its block size and never does.
+    sizes = []
+    original = TripletDataset.sample_blocks
+
+    def recording(self, n, count, rng, augment=True):
+        sizes.append(n)
+        return original(self, n, count, rng, augment)
+
+    monkeypatch.setattr(TripletDataset, "sample_blocks", recording)
+    kwargs = {"layer_sizes": (32, 16)} if family == "dbm" else {"width": 4, "hidden": 4}
+    model = FusionModel.create(family, 2, 16 if family == "cnn" else 4, seed=0, **kwargs)
+    config = TrainingConfig(iterations=60, validation_every=30, seed=1, small_block_fraction=fraction,
+                            pretrain_epochs=1, pretrain_blocks=64)
+    model.fit(dataset, config)
+    steps = sizes[-60:]  # validation and pre-training samples come first
+    if family == "cnn" and fraction:
+        assert set(steps) - {16} and set(steps) <= {2, 4, 8, 16}
+        assert 10 < steps.count(16) < 50
+    else:
+        assert set(steps) == {model.block_size}
+
+
+def test_small_block_fraction_is_checked(dataset):
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match="small_block_fraction"):
+            FusionModel.create("cnn", 2, 16).fit(dataset, TrainingConfig(iterations=2, small_block_fraction=bad))
 
 
 def test_early_stopping_and_checkpoint(dataset, tmp_path):

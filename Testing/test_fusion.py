@@ -174,6 +174,14 @@ def test_saliency_blend_identities():
     assert np.allclose(saliency_blend([image, flat]), image, atol=1e-9)
     a, b = RNG.random((40, 48)), RNG.random((40, 48))
     assert np.allclose(saliency_blend([a, b]), saliency_blend([b, a]))
+    # Never an intensity outside what some input shows at that pixel: a bright square beside
+    # fine stripes makes the unclamped pyramid blend overshoot (to 1.23 here).
+    yy, xx = np.mgrid[:64, :64]
+    square = np.where((abs(yy - 32) < 12) & (abs(xx - 32) < 12), 1.0, 0.0)
+    stripes = 0.5 + 0.1 * np.sin(xx / 1.5)
+    fused = saliency_blend([square, stripes])
+    assert (fused >= np.minimum(square, stripes)).all() and (fused <= np.maximum(square, stripes)).all()
+    assert fused.max() == 1.0  # the square still reaches full brightness
 
 
 def test_phantom_cases_are_deterministic_and_in_range():

@@ -123,7 +123,7 @@ def test_best_trial_reproduces_outside_the_study(cnn_result, dataset):
     # Seeded with seed + trial number before creation, as the objective does.
     torch.manual_seed(cnn_result.seed + cnn_result.best_trial)
     model = cnn_result.create_model()
-    assert {k: v for k, v in model.network.config().items() if k != "half_resolution_finest"} == {"n_inputs": 2, **config}
+    assert {k: v for k, v in model.network.config().items() if k not in ("half_resolution_finest", "clamp_to_inputs")} == {"n_inputs": 2, **config}
     history = model.fit(dataset, training)
     assert history.best_validation_loss == cnn_result.best_value
 

@@ -6,7 +6,14 @@ SSIM-to-sources, VIF, QW and SF per method, the rank of each method per metric, 
 rank, and whether the model passes the bars: Q^AB/F at least the best baseline's, and a
 better mean rank than every baseline.
 
-Run: ``python benchmarks/bench_quality.py [--cases 4] [--model default]``
+``--seed`` picks another held-out phantom set (evaluation seeds start at
+``EVALUATION_SEED_BASE + seed``). ``--mni152`` scores six slices (axial, coronal and
+sagittal) of MNI152-derived images instead: the real 1 mm ICBM152 T1 template shipped in
+nilearn's wheel, with the other modalities made from its tissue maps (see
+:func:`MedFusionLib.data.phantoms.mni152_slices`). No model is trained on them, so they
+are a check on anatomy the procedural phantoms do not have; it needs ``pip install nilearn``.
+
+Run: ``python benchmarks/bench_quality.py [--cases 4] [--seed 500] [--mni152] [--model default]``
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import argparse
 import numpy as np
 
 from MedFusionLib.baselines import BASELINES
+from MedFusionLib.data.phantoms import mni152_slices
 from MedFusionLib.data.targets import (
     EVALUATION_SEED_BASE,
     MODALITY_PAIRS,
     phantom_cases,
+    standardise_phantom,
 )
 from MedFusionLib.fusion import fuse, load_method
 from MedFusionLib.metrics import evaluate
@@ -27,14 +36,31 @@ from MedFusionLib.metrics import evaluate
 RANK_METRICS = ["QABF", "MI", "SSIM_S", "VIF", "QW", "SF"]
 
 
-def score_pair(model, modalities: tuple[str, str], cases: int) -> tuple[list[str], np.ndarray]:
-    """Mean metrics per method (rows) for one modality pair."""
+def phantom_groups(modalities: tuple[str, str], cases: int, seed: int) -> list[list[np.ndarray]]:
+    """Held-out procedural phantoms (evaluation seeds), standardised."""
+    return [case.inputs for case in phantom_cases(cases, (256, 256), [modalities], seed=EVALUATION_SEED_BASE + seed)]
+
+
+def mni152_groups(modalities: tuple[str, str], pair_index: int) -> list[list[np.ndarray]]:
+    """Six slices (axial, coronal, sagittal at 40 % and 60 % of each axis) of MNI152-derived volumes."""
+    phantom = mni152_slices(modalities, seed=EVALUATION_SEED_BASE + pair_index, resolution=1, volume=True)
+    volumes = [phantom.images[m] for m in modalities]
+    groups = []
+    for axis in range(3):
+        for fraction in (0.4, 0.6):
+            index = int(fraction * volumes[0].shape[axis])
+            groups.append([standardise_phantom(np.take(v, index, axis=axis), m) for v, m in zip(volumes, modalities)])
+    return groups
+
+
+def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.ndarray]:
+    """Mean metrics per method (rows) over input groups of one modality pair."""
     methods = ["model", *BASELINES]
     totals = {m: [] for m in methods}
-    for case in phantom_cases(cases, (256, 256), [modalities], seed=EVALUATION_SEED_BASE + 500):
+    for inputs in groups:
         for method in methods:
-            fused = fuse(case.inputs, model=model if method == "model" else method).image
-            values = evaluate(fused, case.inputs, metrics=RANK_METRICS, data_range=(0, 1))
+            fused = fuse(inputs, model=model if method == "model" else method).image
+            values = evaluate(fused, inputs, metrics=RANK_METRICS, data_range=(0, 1))
             totals[method].append([values[k] for k in RANK_METRICS])
     return methods, np.array([np.mean(totals[m], axis=0) for m in methods])
 
@@ -42,22 +68,32 @@ def score_pair(model, modalities: tuple[str, str], cases: int) -> tuple[list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=4, help="held-out phantoms per modality pair")
+    parser.add_argument("--seed", type=int, default=500,
+                        help="held-out phantom set: seeds from EVALUATION_SEED_BASE + this (>= 0)")
+    parser.add_argument("--mni152", action="store_true",
+                        help="score MNI152-derived slices instead of procedural phantoms (needs nilearn)")
     parser.add_argument("--model", default="default", help="'default' or a model file")
     args = parser.parse_args()
+    if args.seed < 0:
+        parser.error("--seed must be >= 0 (smaller seeds are training seeds)")
     model = load_method(args.model)
     passed = 0
-    for modalities in MODALITY_PAIRS:
-        methods, values = score_pair(model, modalities, args.cases)
+    for pair_index, modalities in enumerate(MODALITY_PAIRS):
+        if args.mni152:
+            groups, label = mni152_groups(modalities, pair_index), "6 MNI152-derived slices"
+        else:
+            groups, label = phantom_groups(modalities, args.cases, args.seed), f"{args.cases} held-out phantoms"
+        methods, values = score_groups(model, groups)
         ranks = (-values).argsort(axis=0).argsort(axis=0) + 1
         mean_rank = ranks.mean(axis=1)
         qabf_ok = values[0, 0] >= values[1:, 0].max()
         rank_ok = mean_rank[0] < mean_rank[1:].min()
         passed += qabf_ok and rank_ok
-        print(f"\n{' + '.join(modalities)} ({args.cases} held-out phantoms)")
+        print(f"\n{' + '.join(modalities)} ({label})")
         print(f"  {'method':14s}" + "".join(f"{k:>9s}" for k in RANK_METRICS) + "   mean rank")
         for name, row, rank in zip(methods, values, mean_rank):
-            label = "MedFusion" if name == "model" else name
-            print(f"  {label:14s}" + "".join(f"{v:9.4f}" for v in row) + f"   {rank:5.2f}")
+            shown = "MedFusion" if name == "model" else name
+            print(f"  {shown:14s}" + "".join(f"{v:9.4f}" for v in row) + f"   {rank:5.2f}")
         print(f"  Q^AB/F >= best baseline: {'PASS' if qabf_ok else 'FAIL'}; "
               f"best mean rank: {'PASS' if rank_ok else 'FAIL'}")
     print(f"\nmodality pairs passing both bars: {passed} / {len(MODALITY_PAIRS)}")

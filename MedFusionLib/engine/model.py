@@ -241,7 +241,11 @@ class FusionModel:
             info = ModelInfo(**json.loads(payload["info"]))
             if info.family not in NETWORKS:
                 raise ValueError(f"unknown model family {info.family!r}")
-            network = NETWORKS[info.family](**info.config)
+            config = dict(info.config)
+            if info.family == "cnn":
+                # Files written before the option existed were trained and published without it.
+                config.setdefault("clamp_to_inputs", False)
+            network = NETWORKS[info.family](**config)
             network.load_state_dict(payload["state_dict"])
         except Exception as error:
             raise InputError(f"model {path}: inconsistent model file ({error})") from None

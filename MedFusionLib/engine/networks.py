@@ -9,7 +9,11 @@ method paper 002 compares with): a light convolutional encoder looks at the inpu
 predicts per-pixel weights (a softmax over the K inputs); the fused pyramid is the
 weighted sum of the inputs' pyramids, collapsed back into an image. The fused image is
 therefore a convex combination of the inputs at every scale: the network decides
-*which input wins where*, it cannot invent structure. Full-resolution work is a few
+*which input wins where*, it cannot invent structure. The collapsed image is then
+clamped, pixel by pixel, to the range the inputs span there (``clamp_to_inputs``):
+blending levels with different weights can overshoot near strong edges (a halo around
+bright CT bone), and a fused value no input shows at that pixel is exactly the kind of
+invented intensity a reader should never see. Full-resolution work is a few
 multiply-adds per pixel; the convolutions run on the downsampled maps.
 
 :class:`BlockDBMNet` (paper 000's DBM): the feed-forward network unrolled from a stack of
@@ -102,6 +106,9 @@ class PyramidWeightCNN(nn.Module):
     :param hidden: channels of the per-level score heads (1x1 convolutions).
     :param half_resolution_finest: score the finest level at half resolution and upsample
         its weights (faster; the decision varies smoothly) instead of at full resolution.
+    :param clamp_to_inputs: clamp each fused pixel to ``[min_k x_k, max_k x_k]`` of the inputs
+        there (no intensity outside what some input shows at that pixel; removes pyramid
+        overshoot). Model files written before this option load with it off.
     """
 
     family = "cnn"
@@ -109,9 +116,10 @@ class PyramidWeightCNN(nn.Module):
     band_elements = 1 << 16
 
     def __init__(self, n_inputs: int = 2, levels: int = 4, width: int = 8, hidden: int = 8,
-                 half_resolution_finest: bool = True) -> None:
+                 half_resolution_finest: bool = True, clamp_to_inputs: bool = True) -> None:
         super().__init__()
         self.half_resolution_finest = bool(half_resolution_finest)
+        self.clamp_to_inputs = bool(clamp_to_inputs)
         self.n_inputs = n_inputs
         self.levels = levels
         self.width = width
@@ -137,7 +145,7 @@ class PyramidWeightCNN(nn.Module):
     def config(self) -> dict[str, int]:
         """Constructor arguments, stored with the weights."""
         return {"n_inputs": self.n_inputs, "levels": self.levels, "width": self.width, "hidden": self.hidden,
-                "half_resolution_finest": self.half_resolution_finest}
+                "half_resolution_finest": self.half_resolution_finest, "clamp_to_inputs": self.clamp_to_inputs}
 
     def _contexts(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Features of every input at 1/2, 1/4, 1/8 resolution, ``(B*K, width, h, w)``."""
@@ -229,8 +237,10 @@ class PyramidWeightCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pyramid, weights = self.fusion_weights(x)
-        fused = [(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)]
-        return collapse_pyramid(fused)
+        fused = collapse_pyramid([(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)])
+        if self.clamp_to_inputs:
+            fused = torch.clamp(fused, x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True))
+        return fused
 
 
 class BlockDBMNet(nn.Module):

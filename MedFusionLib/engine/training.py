@@ -127,6 +127,11 @@ class TrainingConfig:
     :param checkpoint: optional path; the best model so far is written there at every improvement.
     :param pretrain_epochs: DBM only: contrastive-divergence epochs per RBM layer.
     :param pretrain_blocks: DBM only: blocks used for pre-training.
+    :param small_block_fraction: CNN only: share of the steps taken on blocks smaller than the
+        model's (a power of two from 2 to n/2, drawn uniformly), cropped from the same images and
+        targets. Block-mode fusion with a small n (the block-size study) runs the network on
+        blocks too small for its context encoder and pyramid; without such steps that path is
+        never trained and its rule is arbitrary. 0 keeps every step at n.
     """
 
     iterations: int = 2000
@@ -143,6 +148,7 @@ class TrainingConfig:
     checkpoint: str | None = None
     pretrain_epochs: int = 5
     pretrain_blocks: int = 20000
+    small_block_fraction: float = 0.0
 
 
 @dataclass
@@ -181,6 +187,8 @@ def _check_config(config: TrainingConfig) -> None:
         check_int(config.patience, "training patience (or None)")
     if not 0 <= config.validation_fraction < 1:
         raise InputError(f"training validation_fraction: expected [0, 1), got {config.validation_fraction!r}")
+    if not 0 <= config.small_block_fraction < 1:
+        raise InputError(f"training small_block_fraction: expected [0, 1), got {config.small_block_fraction!r}")
 
 
 def train(
@@ -236,8 +244,13 @@ def train(
         # Progress (and a cancel check) about every 1 % as well as at validations, so a long
         # validation interval neither freezes a progress bar nor delays a cancel.
         report_every = max(1, config.iterations // 100)
+        small_sizes = [2**i for i in range(1, n.bit_length() - 1)] if model.family == "cnn" else []
+        mix_small = bool(small_sizes) and config.small_block_fraction > 0
         for iteration in range(1, config.iterations + 1):
-            inputs, targets = train_set.sample_blocks(n, config.batch_size, rng)
+            size = n
+            if mix_small and rng.random() < config.small_block_fraction:  # no draw at 0: same stream as before
+                size = int(rng.choice(small_sizes))
+            inputs, targets = train_set.sample_blocks(size, config.batch_size, rng)
             inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
             optimiser.zero_grad(set_to_none=True)
             loss = fusion_loss(network(inputs), targets, config.gradient_weight)
