@@ -239,7 +239,9 @@ class PyramidWeightCNN(nn.Module):
         pyramid, weights = self.fusion_weights(x)
         fused = collapse_pyramid([(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)])
         if self.clamp_to_inputs:
-            fused = torch.clamp(fused, x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True))
+            # (minimum/maximum rather than clamp: the shipped weights were trained with this form,
+            # and the two split the gradient differently where the fused value meets a bound)
+            fused = torch.minimum(torch.maximum(fused, x.amin(dim=1, keepdim=True)), x.amax(dim=1, keepdim=True))
         return fused
 
 
