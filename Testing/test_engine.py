@@ -77,7 +77,6 @@ def test_cnn_clamps_each_pixel_to_the_inputs_range():
     torch.manual_seed(3)
     clamped = PyramidWeightCNN().double().eval()
     free = PyramidWeightCNN(clamp_to_inputs=False).double().eval()
-    free.load_state_dict(clamped.state_dict())
     with torch.no_grad():
         for parameter in clamped.parameters():
             parameter.add_(torch.randn_like(parameter))
@@ -101,6 +100,10 @@ def test_model_files_without_the_clamp_option_load_with_it_off(tmp_path):
     torch.save(payload, path)
     assert FusionModel.load(path).network.clamp_to_inputs is False
     assert FusionModel.create("cnn", 2, 8).network.clamp_to_inputs is True
+    # the shipped model was trained with the clamp and must fuse with it
+    from MedFusionLib.fusion import load_method
+
+    assert load_method("default").network.clamp_to_inputs is True
 
 
 def test_dbm_network_starts_from_the_average():
@@ -266,17 +269,21 @@ def test_small_block_steps(dataset, monkeypatch, family, fraction):
     model = FusionModel.create(family, 2, 16 if family == "cnn" else 4, seed=0, **kwargs)
     config = TrainingConfig(iterations=60, validation_every=30, seed=1, small_block_fraction=fraction,
                             pretrain_epochs=1, pretrain_blocks=64)
-    model.fit(dataset, config)
+    history = model.fit(dataset, config)
     steps = sizes[-60:]  # validation and pre-training samples come first
+    small = [i for i, n in enumerate(steps, start=1) if n != model.block_size]
+    assert history.small_block_iterations == small  # recorded, so curves can leave them out
+    iterations, losses = history.full_size_losses()
+    assert iterations == [i for i in range(1, 61) if i not in small] and len(losses) == len(iterations)
     if family == "cnn" and fraction:
         assert set(steps) - {16} and set(steps) <= {2, 4, 8, 16}
         assert 10 < steps.count(16) < 50
     else:
-        assert set(steps) == {model.block_size}
+        assert set(steps) == {model.block_size} and not small
 
 
 def test_small_block_fraction_is_checked(dataset):
-    for bad in (-0.1, 1.0):
+    for bad in (-0.1, 1.0, "0.2", None):
         with pytest.raises(InputError, match="small_block_fraction"):
             FusionModel.create("cnn", 2, 16).fit(dataset, TrainingConfig(iterations=2, small_block_fraction=bad))
 

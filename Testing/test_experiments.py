@@ -289,6 +289,14 @@ def test_convergence_curve_is_the_recorded_history(tmp_path):
     assert [r["iteration"] for r in read_csv(result.folder / "convergence_validation.csv")] == [5, 10, 15, 20, 25]
 
 
+def test_convergence_curve_leaves_out_small_block_steps():
+    # Losses of steps on smaller blocks (small_block_fraction) are on another scale.
+    history = TrainingHistory(train_loss=[1.0, 9.0, 0.8, 0.7, 9.0, 0.6], small_block_iterations=[2, 5])
+    curve = convergence_curve(history, window=2)
+    assert curve.iterations == [1, 3, 4, 6] and curve.train_loss == [1.0, 0.8, 0.7, 0.6]
+    assert curve.smoothed[-1] == 0.65
+
+
 def c_triplet(case):
     from MedFusionLib.engine.training import Triplet
 

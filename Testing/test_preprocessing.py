@@ -313,9 +313,14 @@ def test_register_is_deterministic():
     fixed, moving, _ = rigid_pair_2d(intensity=remap)
     first = register(fixed, moving)
     second = register(fixed, moving)
-    # Same samples every run; multi-threaded sums can still differ in rounding (seen: 3e-7 mm).
-    assert np.allclose(first.transform.GetParameters(), second.transform.GetParameters(), rtol=0, atol=1e-5)
-    assert first.iterations == second.iterations
+    other_seed = register(fixed, moving, seed=12345)
+    # Same samples every run. ITK's multi-threaded sums can still round differently (seen: 3e-7 mm),
+    # and once in a full test run two repeats disagreed beyond 1e-5 or in their iteration count (the
+    # optimiser's stopping step can flip on rounding). So the count is not compared and the tolerance
+    # is 1e-3: twenty times below what another sampling seed moves the result (about 0.02 mm here,
+    # checked below).
+    assert np.allclose(first.transform.GetParameters(), second.transform.GetParameters(), rtol=0, atol=1e-3)
+    assert not np.allclose(first.transform.GetParameters(), other_seed.transform.GetParameters(), rtol=0, atol=1e-3)
 
 
 def test_register_3d_translation():

@@ -67,13 +67,18 @@ def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=4, help="held-out phantoms per modality pair")
-    parser.add_argument("--seed", type=int, default=500,
-                        help="held-out phantom set: seeds from EVALUATION_SEED_BASE + this (>= 0)")
+    parser.add_argument("--cases", type=int, default=None, help="held-out phantoms per modality pair (default 4)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="held-out phantom set: seeds from EVALUATION_SEED_BASE + this (>= 0; default 500)")
     parser.add_argument("--mni152", action="store_true",
-                        help="score MNI152-derived slices instead of procedural phantoms (needs nilearn)")
+                        help="score six fixed MNI152-derived slices per pair instead of procedural phantoms "
+                             "(needs nilearn; not combinable with --cases or --seed)")
     parser.add_argument("--model", default="default", help="'default' or a model file")
     args = parser.parse_args()
+    if args.mni152 and (args.cases is not None or args.seed is not None):
+        parser.error("--mni152 scores six fixed slices per pair; --cases and --seed apply to phantoms only")
+    args.cases = 4 if args.cases is None else args.cases
+    args.seed = 500 if args.seed is None else args.seed
     if args.seed < 0:
         parser.error("--seed must be >= 0 (smaller seeds are training seeds)")
     model = load_method(args.model)

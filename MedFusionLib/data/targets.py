@@ -12,7 +12,7 @@ targets by construction with one documented rule, :func:`saliency_blend`:
    so each region comes from the input that shows it best, with seamless joins;
 4. each pixel clamped to the range the inputs span there (blending levels with
    different masks overshoots next to strong edges, e.g. a halo around bright CT
-   bone; the fused image never shows an intensity no input has at that pixel).
+   bone; no fused value lies outside the range the inputs span at that pixel).
 
 Among the rules tried on held-out phantoms (plain and energy-based Laplacian
 selection, guided-filter variants, hybrids), this one had the best mean rank over

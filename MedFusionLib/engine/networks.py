@@ -12,8 +12,8 @@ therefore a convex combination of the inputs at every scale: the network decides
 *which input wins where*, it cannot invent structure. The collapsed image is then
 clamped, pixel by pixel, to the range the inputs span there (``clamp_to_inputs``):
 blending levels with different weights can overshoot near strong edges (a halo around
-bright CT bone), and a fused value no input shows at that pixel is exactly the kind of
-invented intensity a reader should never see. Full-resolution work is a few
+bright CT bone), and a fused value brighter or darker than every input at that pixel is
+an invented intensity a reader should never see. Full-resolution work is a few
 multiply-adds per pixel; the convolutions run on the downsampled maps.
 
 :class:`BlockDBMNet` (paper 000's DBM): the feed-forward network unrolled from a stack of
@@ -107,7 +107,7 @@ class PyramidWeightCNN(nn.Module):
     :param half_resolution_finest: score the finest level at half resolution and upsample
         its weights (faster; the decision varies smoothly) instead of at full resolution.
     :param clamp_to_inputs: clamp each fused pixel to ``[min_k x_k, max_k x_k]`` of the inputs
-        there (no intensity outside what some input shows at that pixel; removes pyramid
+        there (no value brighter or darker than every input at that pixel; removes pyramid
         overshoot). Model files written before this option load with it off.
     """
 

@@ -131,7 +131,8 @@ class TrainingConfig:
         model's (a power of two from 2 to n/2, drawn uniformly), cropped from the same images and
         targets. Block-mode fusion with a small n (the block-size study) runs the network on
         blocks too small for its context encoder and pyramid; without such steps that path is
-        never trained and its rule is arbitrary. 0 keeps every step at n.
+        never trained and its rule is arbitrary. 0 keeps every step at n. (n is a power of two.)
+        Those steps are listed in :attr:`TrainingHistory.small_block_iterations`.
     """
 
     iterations: int = 2000
@@ -164,9 +165,18 @@ class TrainingHistory:
     seconds: float = 0.0
     device: str = "cpu"
     pretraining: list[dict] = field(default_factory=list)
+    #: Iterations taken on blocks smaller than the model's (``small_block_fraction``): their
+    #: losses are on another scale, so curves and final losses use :meth:`full_size_losses`.
+    small_block_iterations: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def full_size_losses(self) -> tuple[list[int], list[float]]:
+        """``(iterations, losses)`` of the steps taken at the model's block size (1-based iterations)."""
+        small = set(self.small_block_iterations)
+        pairs = [(i, float(v)) for i, v in enumerate(self.train_loss, start=1) if i not in small]
+        return [i for i, _ in pairs], [v for _, v in pairs]
 
 
 def fusion_loss(prediction: torch.Tensor, target: torch.Tensor, gradient_weight: float) -> torch.Tensor:
@@ -187,7 +197,7 @@ def _check_config(config: TrainingConfig) -> None:
         check_int(config.patience, "training patience (or None)")
     if not 0 <= config.validation_fraction < 1:
         raise InputError(f"training validation_fraction: expected [0, 1), got {config.validation_fraction!r}")
-    if not 0 <= config.small_block_fraction < 1:
+    if not isinstance(config.small_block_fraction, (int, float)) or not 0 <= config.small_block_fraction < 1:
         raise InputError(f"training small_block_fraction: expected [0, 1), got {config.small_block_fraction!r}")
 
 
@@ -250,6 +260,7 @@ def train(
             size = n
             if mix_small and rng.random() < config.small_block_fraction:  # no draw at 0: same stream as before
                 size = int(rng.choice(small_sizes))
+                history.small_block_iterations.append(iteration)
             inputs, targets = train_set.sample_blocks(size, config.batch_size, rng)
             inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
             optimiser.zero_grad(set_to_none=True)

@@ -64,8 +64,10 @@ def training_spec(block_size: int, quick: bool = False, seed: int = 0, device: s
     spec["block_size"] = block_size
     spec["data"] = {"count_per_pair": 1 if quick else 3, "shape": (64, 64) if quick else (128, 128),
                     "pairs": PAPER_PAIRS if quick else MODALITY_PAIRS, "seed": 0}
+    # "Trained at n" means every step at n: no small-block steps (the default recipe has them).
     spec["training"] = replace(spec["training"], iterations=30 if quick else 1500,
-                               validation_every=10 if quick else 100, patience=None, seed=seed, device=device)
+                               validation_every=10 if quick else 100, patience=None, seed=seed, device=device,
+                               small_block_fraction=0.0)
     return spec
 
 

@@ -126,10 +126,10 @@ def convergence_curve(history: TrainingHistory | str | os.PathLike, window: int 
     :param tolerance: relative band of the flattening rule.
     """
     history = load_history(history)
-    train = [float(v) for v in history.train_loss]
+    # Steps on smaller blocks (small_block_fraction) have losses on another scale: left out.
+    iterations, train = history.full_size_losses()
     if not train:
         raise InputError("history: no training iterations recorded")
-    iterations = list(range(1, len(train) + 1))
     smoothed = moving_average(train, min(window, len(train)))
     validation_iterations = [int(i) for i in history.validation_iterations]
     validation = [float(v) for v in history.validation_loss]

@@ -135,7 +135,7 @@ def repeat_trainings(
                 largest[mode] = max(largest[mode], float(np.max(np.abs(result.image.astype(np.float64) - reference))))
                 rows.append({"mode": mode, "run": r, "training_seed": training_seed, "weights_sha256": weights,
                              "training_seconds": history.seconds,
-                             "final_loss": history.train_loss[-1] if history.train_loss else None,
+                             "final_loss": (history.full_size_losses()[1] or [None])[-1],
                              "group": case.name, "pair": case.pair, **scored[digest],
                              TIME_COLUMN: result.seconds, "output_sha256": digest})
     torch.set_num_threads(threads)  # leave the caller's setting as it found it
