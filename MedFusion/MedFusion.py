@@ -1,21 +1,22 @@
 """MedFusion: fuse registered multimodal volumes (CT, MRI, PET, SPECT) with a supervised deep network.
 
-The 3D Slicer scripted module of the MedFusion extension, laid out as Slicer's current
-scripted-module template (module, parameter node, widget, logic, test). The widget is
-kept thin: all MRML work is in :class:`MedFusionSlicerLib.MedFusionLogicCore`, which is
-tested outside Slicer against a real MRML scene (the ``slicer-core`` wheel), and all
-image work is in ``MedFusionLib``.
-
-Nothing heavy is imported at module load (Slicer imports every module at startup):
-PyTorch and ``MedFusionLib`` are imported on first use, after the dependency check.
+The 3D Slicer scripted module of the MedFusion extension, laid out as Slicer's scripted-module template.
+It is thin: choice lists in ``MedFusionSlicerLib.choices``, the dependency check in
+``MedFusionSlicerLib.dependencies`` (both plain Python, all this module imports at Slicer's startup),
+all MRML work in :class:`MedFusionSlicerLib.MedFusionLogicCore` (tested against a real MRML scene), all
+image work in ``MedFusionLib`` (imported with PyTorch on first use, after the dependency check). A run
+computes in a worker process -- Slicer's main thread holds the GIL in the Qt event loop, so a thread
+would stall -- polled by a :class:`RunController` on the GUI thread, where its results are written.
 """
 
 import importlib.util
 import logging
 import pathlib
 import sys
-from typing import Annotated, Optional
+import time
+from typing import Annotated, Any, Callable, Optional
 
+import ctk
 import qt
 import vtk
 
@@ -26,53 +27,36 @@ from slicer.ScriptedLoadableModule import *
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import (
     Choice,
+    GuiConnector,
     WithinRange,
+    parameterNodeGuiConnector,
     parameterNodeWrapper,
+    parameterPack,
 )
+from slicer.parameterNodeWrapper.util import unannotatedType
 
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 
-#: Fusion methods offered in the GUI: the shipped model, a model file, and MedFusionLib's baselines
-#: (``MedFusionLib.baselines.BASELINES``; a static test keeps the two lists equal).
-METHOD_CHOICES = ["default", "model file", "average", "maximum", "laplacian", "guided_filter", "wavelet"]
-MODALITY_CHOICES = ["auto", "CT", "MRI", "PET", "SPECT"]
-BLOCK_SIZE_CHOICES = ["whole slice", "16", "32", "64", "128", "256"]
-SLICE_AXIS_CHOICES = ["K", "J", "I"]  # array axis 0, 1, 2 (K is axial for an axial acquisition)
-DEVICE_CHOICES = ["auto", "cpu", "gpu"]
-REGISTRATION_CHOICES = ["none", "rigid", "affine"]
-DENOISE_CHOICES = ["none", "curvature_flow", "gaussian", "median", "bilateral"]
-#: Train section: where the training cases come from, the model families (``MedFusionSlicerLib.TRAINING_FAMILIES``)
-#: and the training block sizes ("auto": the family's default, reduced to fit the slices).
-TRAINING_SOURCE_CHOICES = ["scene volumes", "folder"]
-TRAINING_FAMILY_CHOICES = ["cnn", "dbm"]
-TRAINING_BLOCK_SIZE_CHOICES = ["auto", "8", "16", "32", "64", "128"]
 
-#: Import name -> pip requirement of what MedFusionLib needs besides PyTorch (which comes through
-#: the PyTorch extension's PyTorchUtils, matched to the GPU driver). Same lines as Resources/requirements.txt.
-PYTHON_REQUIREMENTS = {
-    "scipy": "scipy>=1.10",
-    "skimage": "scikit-image>=0.21",
-    "pywt": "PyWavelets>=1.4",
-    "SimpleITK": "SimpleITK>=2.2",
-}
-MINIMUM_TORCH_VERSION = ">=2.1"
+def _makeHelpersImportable() -> None:
+    """MedFusionSlicerLib sits next to this file; MedFusionLib too once installed, one folder up in a
+    development checkout added as an additional module path (``<checkout>/MedFusion``)."""
+    here = pathlib.Path(__file__).resolve().parent
+    for folder, package in ((here, "MedFusionSlicerLib"), (here.parent, "MedFusionLib")):
+        if importlib.util.find_spec(package) is None and (folder / package / "__init__.py").is_file():
+            sys.path.append(str(folder))
 
 
+_makeHelpersImportable()
 
-def _makeMedFusionLibImportable() -> None:
-    """Find MedFusionLib in a development checkout too.
-
-    An installed extension has MedFusionLib next to this file (CMake installs it into the
-    scripted-modules folder, which Slicer puts on sys.path). When a developer instead adds
-    ``<checkout>/MedFusion`` as an additional module path, MedFusionLib sits one folder up.
-    """
-    if importlib.util.find_spec("MedFusionLib") is not None:
-        return
-    checkout = pathlib.Path(__file__).resolve().parent.parent
-    if (checkout / "MedFusionLib" / "__init__.py").is_file():
-        sys.path.append(str(checkout))
-    else:
-        raise RuntimeError(_("MedFusionLib is missing from this installation; reinstall the MedFusion extension."))
+from MedFusionSlicerLib.choices import (  # noqa: E402 (plain Python, once the path is set)
+    BLOCK_SIZE_CHOICES, DEFAULT_TRAINING_ITERATIONS, DENOISE_CHOICES, DEVICE_CHOICES, METHOD_CHOICES,
+    MODALITY_CHOICES, REGISTRATION_CHOICES, SLICE_AXIS_CHOICES, TRAINING_BLOCK_SIZE_CHOICES,
+    TRAINING_FAMILY_CHOICES, TRAINING_SOURCE_CHOICES,
+)
+from MedFusionSlicerLib.dependencies import (  # noqa: E402 (standard library only)
+    ensure_in_slicer, install_message, module_requirements, unmet_requirements,
+)
 
 
 #
@@ -117,41 +101,68 @@ Andras Lasso (PerkLab) and Steve Pieper (Isomics).
 #
 
 
+@parameterPack
+class FusionInput:
+    """An input volume and its modality ("auto": from the data); bound in the .ui as ``input1.volume`` etc."""
+
+    volume: vtkMRMLScalarVolumeNode
+    modality: Annotated[str, Choice(MODALITY_CHOICES)] = "auto"
+
+
+@parameterNodeGuiConnector
+class ctkPathLineEditToOptionalPathConnector(GuiConnector):
+    """``Optional[pathlib.Path]`` <-> ctkPathLineEdit, empty field <-> None (Slicer's own connector binds
+    only ``pathlib.Path``, whose empty value ``Path()`` shows as ".")."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return type(widget) == ctk.ctkPathLineEdit and unannotatedType(datatype) == Optional[pathlib.Path]
+
+    @staticmethod
+    def create(widget, datatype):
+        if ctkPathLineEditToOptionalPathConnector.canRepresent(widget, datatype):
+            return ctkPathLineEditToOptionalPathConnector(widget)
+        return None
+
+    def __init__(self, widget) -> None:
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self) -> None:
+        self._widget.currentPathChanged.connect(self.changed)
+
+    def _disconnect(self) -> None:
+        self._widget.currentPathChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> Optional[pathlib.Path]:
+        return pathlib.Path(self._widget.currentPath.strip()) if self._widget.currentPath.strip() else None
+
+    def write(self, value: Optional[pathlib.Path]) -> None:
+        self._widget.currentPath = "" if value is None else str(value)
+
+
 @parameterNodeWrapper
 class MedFusionParameterNode:
     """
-    The parameters needed by module.
+    The parameters needed by module (what each means: the .ui tool tips and ``MedFusionLogicCore``).
 
-    inputVolume1..4 - volumes to fuse (1 and 2 required); input 1 is the reference grid.
-    modality1..4 - modality of each input, for intensity standardisation ("auto": from the data).
-    targetVolume - optional ideal fused volume; enables the full-reference metrics.
-    method - the shipped model, a model file (modelFile), or a classical baseline.
-    blockSize - "whole slice" or the n of n x n overlapping blocks.
-    sliceAxis - the volume axis slices are fused along (K, J or I).
-    device - auto (GPU when present), cpu or gpu.
-    registration - register inputs 2..4 onto input 1 first (none, rigid, affine).
-    resampleToFirst - resample inputs on another grid onto input 1's grid.
-    denoise - noise removal applied to every input first.
-    computeMetrics - fill the metrics tables and the plot.
-    outputVolume, metricsTable, sliceTable, plotChart - where results go (created when empty).
-    trainingSource - train from the input volumes + trainingTargetVolume, or from trainingFolder.
-    trainingTargetVolume - the ideal fused volume of the inputs, to learn from.
-    trainingFolder - a folder of case folders (input_1.*, input_2.*, target.*) or a manifest CSV.
-    trainingFamily, trainingBlockSize, trainingIterations - what to train and for how long.
-    trainingOutputModel - the model file to write; selected as the fusion method once trained.
+    input1..4 - volumes to fuse (1 and 2 required) and their modalities; input 1 is the reference grid.
+    targetVolume - optional ideal fused volume (full-reference metrics). method - the shipped model, a
+    model file (modelFile) or a baseline. outputVolume, metricsTable, sliceTable, plotChart - created when
+    empty. training* - the Train section: learn from the inputs + trainingTargetVolume or from
+    trainingFolder, write trainingOutputModel. Paths are None until chosen (the field is then empty).
     """
 
-    inputVolume1: vtkMRMLScalarVolumeNode
-    inputVolume2: vtkMRMLScalarVolumeNode
-    inputVolume3: vtkMRMLScalarVolumeNode
-    inputVolume4: vtkMRMLScalarVolumeNode
-    modality1: Annotated[str, Choice(MODALITY_CHOICES)] = "auto"
-    modality2: Annotated[str, Choice(MODALITY_CHOICES)] = "auto"
-    modality3: Annotated[str, Choice(MODALITY_CHOICES)] = "auto"
-    modality4: Annotated[str, Choice(MODALITY_CHOICES)] = "auto"
+    input1: FusionInput
+    input2: FusionInput
+    input3: FusionInput
+    input4: FusionInput
     targetVolume: vtkMRMLScalarVolumeNode
     method: Annotated[str, Choice(METHOD_CHOICES)] = "default"
-    modelFile: pathlib.Path
+    modelFile: Optional[pathlib.Path] = None
     blockSize: Annotated[str, Choice(BLOCK_SIZE_CHOICES)] = "whole slice"
     sliceAxis: Annotated[str, Choice(SLICE_AXIS_CHOICES)] = "K"
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
@@ -165,11 +176,97 @@ class MedFusionParameterNode:
     plotChart: vtkMRMLPlotChartNode
     trainingSource: Annotated[str, Choice(TRAINING_SOURCE_CHOICES)] = "scene volumes"
     trainingTargetVolume: vtkMRMLScalarVolumeNode
-    trainingFolder: pathlib.Path
+    trainingFolder: Optional[pathlib.Path] = None
     trainingFamily: Annotated[str, Choice(TRAINING_FAMILY_CHOICES)] = "cnn"
     trainingBlockSize: Annotated[str, Choice(TRAINING_BLOCK_SIZE_CHOICES)] = "auto"
-    trainingIterations: Annotated[int, WithinRange(1, 100000)] = 300
-    trainingOutputModel: pathlib.Path
+    trainingIterations: Annotated[int, WithinRange(1, 100000)] = DEFAULT_TRAINING_ITERATIONS
+    trainingOutputModel: Optional[pathlib.Path] = None
+
+
+#
+# RunController
+#
+
+
+class RunController:
+    """The Apply button, progress bar and status label of one kind of run (fusion or training).
+
+    ``start(run)`` turns the button into Cancel and polls the run every 100 ms on the GUI thread; once
+    it has ended, calls ``run.finish()`` (which writes the results) and hands ``(result, None)`` or
+    ``(None, exception)`` to ``onEnded``. ``close()`` abandons the run; ``onIdle`` follows any end.
+    """
+
+    def __init__(self, button, progressBar, statusLabel, applyText: str,
+                 onEnded: Callable[[Any, Optional[Exception]], None], onIdle: Callable[[], None]) -> None:
+        self.button, self.progressBar, self.statusLabel = button, progressBar, statusLabel
+        self.applyText, self.onEnded, self.onIdle = applyText, onEnded, onIdle
+        self.run = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(100)
+        self.timer.connect("timeout()", self._poll)
+        self.progressBar.setVisible(False)
+
+    @property
+    def running(self) -> bool:
+        return self.run is not None
+
+    def start(self, run, message: str, cancelToolTip: str) -> None:
+        self.run = run
+        self.button.text, self.button.toolTip, self.button.enabled = _("Cancel"), cancelToolTip, True
+        self.progressBar.value = 0
+        self.progressBar.setVisible(True)
+        self.statusLabel.text = message
+        self.timer.start()
+
+    def cancel(self) -> None:
+        """Ask the run to stop (returns at once); its ``finish()`` then raises ``Cancelled``."""
+        if self.run is not None:
+            self.run.cancel()
+            self.button.enabled = False
+            self.statusLabel.text = _("Cancelling...")
+
+    def close(self) -> None:
+        """Abandon the run (scene closing, module cleanup): its worker is stopped at once, nothing is written."""
+        run = self.run
+        self._stop()
+        if run is not None:
+            run.close()
+
+    def _stop(self) -> None:
+        self.timer.stop()
+        self.run = None
+        self.button.text = self.applyText
+        self.progressBar.setVisible(False)
+        self.onIdle()
+
+    def _poll(self) -> None:
+        run = self.run
+        if run is None:
+            return self.timer.stop()
+        fraction, message = run.progress
+        self.progressBar.value = int(round(100 * fraction))
+        if run.isRunning():
+            if not run.cancelRequested:
+                self.statusLabel.text = message
+            return
+        self._stop()
+        try:
+            result = run.finish()
+        except Exception as error:
+            return self.onEnded(None, error)
+        self.onEnded(result, None)
+
+    def reportError(self, error: Optional[Exception], cancelledText: str, failedText: str) -> bool:
+        """Show a cancel (status label) or a failure (and a dialog); False when ``error`` is None."""
+        if error is None:
+            return False
+        from MedFusionLib.errors import Cancelled
+
+        self.statusLabel.text = cancelledText if isinstance(error, Cancelled) else failedText
+        if not isinstance(error, Cancelled):
+            logging.error("MedFusion: %s", failedText, exc_info=error)
+            slicer.util.errorDisplay(f"{failedText}\n\n{error}")
+        return True
 
 
 #
@@ -189,69 +286,50 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None  # the BackgroundFusion in progress, if any
-        self._pollTimer = None
-        self._trainingRun = None  # the BackgroundTraining in progress, if any
-        self._trainingPollTimer = None
+        self.fusion: Optional[RunController] = None  # runs of the Fuse button
+        self.training: Optional[RunController] = None  # runs of the Train button
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.setup(self)
-
-        # Load widget from .ui file (created by Qt Designer).
-        # Additional widgets can be instantiated manually and added to self.layout.
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedFusion.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-
-        # Set scene in MRML widgets. Make sure that in Qt designer the top-level qMRMLWidget's
-        # "mrmlSceneChanged(vtkMRMLScene*)" signal in is connected to each MRML widget's.
-        # "setMRMLScene(vtkMRMLScene*)" slot.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        # Create logic class. Logic implements all computations that should be possible to run
-        # in batch mode, without a graphical user interface.
+        uiWidget.setMRMLScene(slicer.mrmlScene)  # the .ui passes it on to every MRML widget
         self.logic = MedFusionLogic()
-
-        # The fusion runs in a background thread; this timer brings its progress to the GUI thread
-        # and finishes the run there (MRML may only be modified from this thread).
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(100)
-        self._pollTimer.connect("timeout()", self.onPollFusion)
-        self.ui.progressBar.setVisible(False)
-        # Training runs the same way: a background thread, polled by its own timer.
-        self._trainingPollTimer = qt.QTimer()
-        self._trainingPollTimer.setInterval(200)
-        self._trainingPollTimer.connect("timeout()", self.onPollTraining)
-        self.ui.trainProgressBar.setVisible(False)
-
-        # Connections
-
+        self.fusion = RunController(self.ui.fuseButton, self.ui.progressBar, self.ui.statusLabel, _("Fuse"),
+                                    self._onFusionEnded, self._checkCanApply)
+        self.training = RunController(self.ui.trainButton, self.ui.trainProgressBar, self.ui.trainStatusLabel,
+                                      _("Train"), self._onTrainingEnded, self._checkCanApply)
         # These connections ensure that we update parameter node when scene is closed
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        # Buttons
         self.ui.fuseButton.connect("clicked(bool)", self.onFuseButton)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
-
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        self._abandonRun()
-        self._abandonTraining()
+        for controller in (self.fusion, self.training):
+            if controller is not None:
+                controller.close()  # stops the worker processes at once
+        if "MedFusionSlicerLib.process" in sys.modules:
+            sys.modules["MedFusionSlicerLib.process"].POOL.shutdown()  # and the idle one
         self.removeObservers()
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
-        # Make sure parameter node exists and observed
         self.initializeParameterNode()
+        if not unmet_requirements(module_requirements()):
+            # Start a worker process now (imports, warm-up: a few seconds, off this process), so the
+            # first Fuse or Train does not wait for it. Nothing is installed here.
+            from MedFusionSlicerLib.process import warmUp
+
+            warmUp()
 
     def exit(self) -> None:
-        """Called each time the user opens a different module."""
-        # Do not react to parameter node changes (GUI will be updated when the user enters into the module)
+        """Called each time the user opens a different module (the GUI is updated again on enter)."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -259,46 +337,33 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
-        # The nodes a running fusion would write to are about to disappear: stop it. A running
+        # The nodes a running fusion would write to are about to disappear: abandon it. A running
         # training goes on: it copied its volumes out of the scene and writes only its model file.
-        self._abandonRun()
-        # Parameter node will be reset, do not use it anymore
+        self.fusion.close()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
-        # If this module is shown while the scene is closed then recreate a new parameter node immediately
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        """Ensure parameter node exists and observed."""
-        # Parameter node stores all user choices in parameter values, node selections, etc.
-        # so that when the scene is saved and reloaded, these settings are restored.
-
+        """Ensure parameter node exists and observed; select the first two volumes if no input is chosen yet."""
         self.setParameterNode(self.logic.getParameterNode())
-
-        # Select default input nodes if nothing is selected yet to save a few clicks for the user
-        if not self._parameterNode.inputVolume1 and not self._parameterNode.inputVolume2:
+        p = self._parameterNode
+        if not p.input1.volume and not p.input2.volume:
             volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                        if n.GetClassName() == "vtkMRMLScalarVolumeNode"]
             if len(volumes) >= 2:
-                self._parameterNode.inputVolume1 = volumes[0]
-                self._parameterNode.inputVolume2 = volumes[1]
+                p.input1.volume, p.input2.volume = volumes[0], volumes[1]
 
     def setParameterNode(self, inputParameterNode: Optional[MedFusionParameterNode]) -> None:
-        """
-        Set and observe parameter node.
-        Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
-        """
-
+        """Set and observe parameter node; the GUI follows it through the .ui's SlicerParameterName properties."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
-            # ui element that needs connection.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
@@ -310,224 +375,104 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         fromFolder = bool(p) and p.trainingSource == "folder"
         self.ui.trainingTargetVolumeSelector.setEnabled(bool(p) and not fromFolder)
         self.ui.trainingFolderPathLineEdit.setEnabled(fromFolder)
-        # While a run is in progress its button is its Cancel button: leave that one alone.
-        if self._run is None:
-            self._checkCanFuse(p)
-        if self._trainingRun is None:
-            self._checkCanTrain(p)
+        for controller, problem, ready in (
+            (self.fusion, self._fusionProblem(p), _("Fuse the input volumes (runs in the background; click again to cancel)")),
+            (self.training, self._trainingProblem(p), _("Train a model (runs in the background; click again to cancel)")),
+        ):
+            if not controller.running:  # a running controller's button is its Cancel button
+                controller.button.enabled = not problem
+                controller.button.toolTip = problem or ready
 
-    def _checkCanFuse(self, p: Optional[MedFusionParameterNode]) -> None:
-        inputs = [v for v in ([p.inputVolume1, p.inputVolume2, p.inputVolume3, p.inputVolume4] if p else []) if v]
-        if not p or not p.inputVolume1 or not p.inputVolume2:
-            self.ui.fuseButton.toolTip = _("Select input volumes 1 and 2")
-            self.ui.fuseButton.enabled = False
-        elif len({v.GetID() for v in inputs}) != len(inputs):
-            self.ui.fuseButton.toolTip = _("Each input volume must be a different volume")
-            self.ui.fuseButton.enabled = False
-        elif p.outputVolume and p.outputVolume.GetID() in {v.GetID() for v in inputs}:
-            self.ui.fuseButton.toolTip = _("The output volume must not be one of the inputs")
-            self.ui.fuseButton.enabled = False
-        elif p.method == "model file" and not p.modelFile.is_file():
-            self.ui.fuseButton.toolTip = _("Choose a model file")
-            self.ui.fuseButton.enabled = False
-        elif self._trainingRun is not None:
-            # One run at a time: both would share the CPU/GPU, and the model being trained is not there yet.
-            self.ui.fuseButton.toolTip = _("A model is being trained; wait for it or cancel it (Train section)")
-            self.ui.fuseButton.enabled = False
-        else:
-            self.ui.fuseButton.toolTip = _("Fuse the input volumes (runs in the background; click again to cancel)")
-            self.ui.fuseButton.enabled = True
+    def _fusionProblem(self, p: Optional[MedFusionParameterNode]) -> str:
+        """Why Fuse cannot start now, or "" when it can."""
+        if not p or not p.input1.volume or not p.input2.volume:
+            return _("Select input volumes 1 and 2")
+        ids = [v.GetID() for v in MedFusionLogic.inputsFromParameterNode(p)[0]]
+        if len(set(ids)) != len(ids):
+            return _("Each input volume must be a different volume")
+        if p.outputVolume and p.outputVolume.GetID() in ids:
+            return _("The output volume must not be one of the inputs")
+        if p.method == "model file" and not (p.modelFile and p.modelFile.expanduser().is_file()):
+            return _("Choose a model file")
+        if self.training.running:  # both would share the CPU/GPU, and the model being trained is not there yet
+            return _("A model is being trained; wait for it or cancel it (Train section)")
+        return ""
 
-    @staticmethod
-    def _isChosenPath(path: pathlib.Path) -> bool:
-        """An empty ctkPathLineEdit reads as pathlib.Path() == '.', which is not a choice."""
-        return str(path).strip() not in ("", ".")
-
-    def _checkCanTrain(self, p: Optional[MedFusionParameterNode]) -> None:
-        fromScene = bool(p) and p.trainingSource == "scene volumes"
-        inputs = [v for v in ([p.inputVolume1, p.inputVolume2, p.inputVolume3, p.inputVolume4] if p else []) if v]
+    def _trainingProblem(self, p: Optional[MedFusionParameterNode]) -> str:
+        """Why Train cannot start now, or "" when it can."""
         if not p:
-            self.ui.trainButton.toolTip = ""
-            self.ui.trainButton.enabled = False
-        elif fromScene and (not p.inputVolume1 or not p.inputVolume2):
-            self.ui.trainButton.toolTip = _("Select input volumes 1 and 2 (Inputs section) to learn from")
-            self.ui.trainButton.enabled = False
-        elif fromScene and not p.trainingTargetVolume:
-            self.ui.trainButton.toolTip = _("Select the target volume: the ideal fused volume of the inputs")
-            self.ui.trainButton.enabled = False
-        elif fromScene and p.trainingTargetVolume.GetID() in {v.GetID() for v in inputs}:
-            self.ui.trainButton.toolTip = _("The target volume must not be one of the inputs")
-            self.ui.trainButton.enabled = False
-        elif not fromScene and not (self._isChosenPath(p.trainingFolder) and p.trainingFolder.exists()):
-            self.ui.trainButton.toolTip = _("Choose a folder of training cases")
-            self.ui.trainButton.enabled = False
-        elif not self._isChosenPath(p.trainingOutputModel) or p.trainingOutputModel.suffix.lower() != ".pt":
-            self.ui.trainButton.toolTip = _("Choose the model file to write (.pt)")
-            self.ui.trainButton.enabled = False
-        elif self._run is not None:
-            self.ui.trainButton.toolTip = _("A fusion is running; wait for it or cancel it")
-            self.ui.trainButton.enabled = False
-        else:
-            self.ui.trainButton.toolTip = _("Train a model (runs in the background; click again to cancel)")
-            self.ui.trainButton.enabled = True
+            return _("No parameter node")
+        if p.trainingSource == "scene volumes":
+            if not p.input1.volume or not p.input2.volume:
+                return _("Select input volumes 1 and 2 (Inputs section) to learn from")
+            if not p.trainingTargetVolume:
+                return _("Select the target volume: the ideal fused volume of the inputs")
+            if p.trainingTargetVolume.GetID() in {v.GetID() for v in MedFusionLogic.inputsFromParameterNode(p)[0]}:
+                return _("The target volume must not be one of the inputs")
+        elif not (p.trainingFolder and p.trainingFolder.expanduser().exists()):
+            return _("Choose a folder of training cases")
+        if not p.trainingOutputModel or p.trainingOutputModel.suffix.lower() != ".pt":
+            return _("Choose the model file to write (.pt)")
+        if self.fusion.running:
+            return _("A fusion is running; wait for it or cancel it")
+        return ""
 
     def onFuseButton(self) -> None:
         """Fuse when the button reads Fuse; cancel the running fusion when it reads Cancel."""
-        if self._run is not None:
-            self._run.cancel()
-            self.ui.fuseButton.enabled = False
-            self.ui.statusLabel.text = _("Cancelling...")
-            return
+        if self.fusion.running:
+            return self.fusion.cancel()
         with slicer.util.tryWithErrorDisplay(_("Failed to start the fusion."), waitCursor=True):
             if not self.logic.setupPythonRequirements():
                 self.ui.statusLabel.text = _("MedFusion needs its Python packages; fusion not started.")
                 return
-            p = self._parameterNode
-            job = self.logic.prepare(**self.logic.argumentsFromParameterNode(p))
-            self._run = self.logic.startBackgroundFusion(job)
-            self.ui.fuseButton.text = _("Cancel")
-            self.ui.fuseButton.toolTip = _("Stop the fusion; the scene is left as it was")
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.setVisible(True)
-            self.ui.statusLabel.text = _("Fusing...")
-            self._pollTimer.start()
-            self._checkCanApply()  # no training while fusing
+            run = self.logic.process(**self.logic.argumentsFromParameterNode(self._parameterNode),
+                                     waitForCompletion=False)
+            self.fusion.start(run, _("Fusing..."), _("Stop the fusion; the scene is left as it was"))
 
-    def onPollFusion(self) -> None:
-        """Timer tick on the GUI thread: show progress; finish the run once its thread has ended."""
-        run = self._run
-        if run is None:
-            self._pollTimer.stop()
+    def _onFusionEnded(self, result, error: Optional[Exception]) -> None:
+        if self.fusion.reportError(error, _("Cancelled: nothing was changed."), _("Fusion failed: nothing was changed.")):
             return
-        fraction, message = run.progress
-        self.ui.progressBar.value = int(round(100 * fraction))
-        if run.isRunning():
-            if not run.cancelEvent.is_set():
-                self.ui.statusLabel.text = message
-            return
-        self._pollTimer.stop()
-        self._run = None
-        self._resetFuseButton()
-        from MedFusionLib.errors import Cancelled
-
-        try:
-            result = run.finish()
-        except Cancelled:
-            self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
-            return
-        except Exception as error:
-            self.ui.statusLabel.text = _("Failed: nothing was changed.")
-            slicer.util.errorDisplay(_("Fusion failed: {error}").format(error=error))
-            logging.exception("MedFusion fusion failed")
-            return
-        self._parameterNode.outputVolume = result.outputVolumeNode
-        if result.metricsTableNode is not None:
-            self._parameterNode.metricsTable = result.metricsTableNode
-            self._parameterNode.sliceTable = result.sliceTableNode
-            self._parameterNode.plotChart = result.plotChartNode
-        self.logic.showResult(result, self._parameterNode.inputVolume1)
+        p = self._parameterNode
+        if p:
+            p.outputVolume = result.outputVolumeNode
+            if result.metricsTableNode is not None:
+                p.metricsTable, p.sliceTable, p.plotChart = (
+                    result.metricsTableNode, result.sliceTableNode, result.plotChartNode)
+        self.logic.showResult(result, p.input1.volume if p else None)
         self.ui.statusLabel.text = _("Fused with {method} in {seconds:.1f} s.").format(
             method=result.methodName, seconds=result.seconds)
 
-    def _resetFuseButton(self) -> None:
-        self.ui.fuseButton.text = _("Fuse")
-        self.ui.progressBar.setVisible(False)
-        self._checkCanApply()
-
     def onTrainButton(self) -> None:
         """Train when the button reads Train; cancel the running training when it reads Cancel."""
-        if self._trainingRun is not None:
-            self._trainingRun.cancel()
-            self.ui.trainButton.enabled = False
-            self.ui.trainStatusLabel.text = _("Cancelling...")
-            return
+        if self.training.running:
+            return self.training.cancel()
         p = self._parameterNode
-        overwrite = False
-        if p.trainingOutputModel.expanduser().is_file():
-            if not slicer.util.confirmOkCancelDisplay(
-                _("{path} already exists. Replace it with the model about to be trained?").format(
-                    path=p.trainingOutputModel),
-                _("MedFusion: replace model file"),
-            ):
-                return
-            overwrite = True
+        overwrite = p.trainingOutputModel.expanduser().is_file()
+        if overwrite and not slicer.util.confirmOkCancelDisplay(
+            _("{path} already exists. Replace it with the model about to be trained?").format(path=p.trainingOutputModel),
+            _("MedFusion: replace model file"),
+        ):
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the training."), waitCursor=True):
             if not self.logic.setupPythonRequirements():
                 self.ui.trainStatusLabel.text = _("MedFusion needs its Python packages; training not started.")
                 return
-            job = self.logic.prepareTraining(**self.logic.trainingArgumentsFromParameterNode(p), overwrite=overwrite)
-            self._trainingRun = self.logic.startBackgroundTraining(job)
-            self.ui.trainButton.text = _("Cancel")
-            self.ui.trainButton.toolTip = _("Stop the training; no model file is written")
-            self.ui.trainProgressBar.value = 0
-            self.ui.trainProgressBar.setVisible(True)
-            self.ui.trainStatusLabel.text = _("Training...")
-            self._trainingPollTimer.start()
-            self._checkCanApply()  # no fusion while training
+            run = self.logic.train(**self.logic.trainingArgumentsFromParameterNode(p), overwrite=overwrite,
+                                   waitForCompletion=False)
+            self.training.start(run, _("Training..."), _("Stop the training; no model file is written"))
 
-    def onPollTraining(self) -> None:
-        """Timer tick on the GUI thread: show progress; write the model once the training thread has ended."""
-        run = self._trainingRun
-        if run is None:
-            self._trainingPollTimer.stop()
+    def _onTrainingEnded(self, result, error: Optional[Exception]) -> None:
+        if self.training.reportError(error, _("Cancelled: no model file was written."),
+                                     _("Training failed: no model file was written.")):
             return
-        fraction, message = run.progress
-        self.ui.trainProgressBar.value = int(round(100 * fraction))
-        if run.isRunning():
-            if not run.cancelEvent.is_set():
-                self.ui.trainStatusLabel.text = message
-            return
-        self._trainingPollTimer.stop()
-        self._trainingRun = None
-        self._resetTrainButton()
-        from MedFusionLib.errors import Cancelled
-
-        try:
-            result = run.finish()
-        except Cancelled:
-            self.ui.trainStatusLabel.text = _("Cancelled: no model file was written.")
-            return
-        except Exception as error:
-            self.ui.trainStatusLabel.text = _("Failed: no model file was written.")
-            slicer.util.errorDisplay(_("Training failed: {error}").format(error=error))
-            logging.exception("MedFusion training failed")
-            return
-        if self._parameterNode:
-            # The new model becomes the fusion method, so the next Fuse uses it.
-            self._parameterNode.modelFile = result.modelPath
+        if self._parameterNode:  # the new model becomes the fusion method, so the next Fuse uses it
+            self._parameterNode.modelFile = pathlib.Path(result.modelPath)
             self._parameterNode.method = "model file"
         self.ui.trainStatusLabel.text = _(
             "Trained a {family} model on {slices} slices in {seconds:.0f} s (validation loss {loss:.4f}); "
             "it is now the fusion method ('model file')."
         ).format(family=result.family, slices=result.trainingSlices, seconds=result.seconds,
                  loss=result.bestValidationLoss)
-
-    def _resetTrainButton(self) -> None:
-        self.ui.trainButton.text = _("Train")
-        self.ui.trainProgressBar.setVisible(False)
-        self._checkCanApply()
-
-    def _abandonTraining(self) -> None:
-        """Cancel a running training and drop it without writing a file (module cleanup)."""
-        if self._trainingRun is not None:
-            self._trainingRun.cancel()
-            self._trainingRun.wait(timeout=30)
-            self._trainingRun = None
-        if self._trainingPollTimer is not None:
-            self._trainingPollTimer.stop()
-        if hasattr(self, "ui"):
-            self._resetTrainButton()
-
-    def _abandonRun(self) -> None:
-        """Cancel a running fusion and drop it without writing anything (scene closing, module cleanup)."""
-        if self._run is not None:
-            self._run.cancel()
-            self._run.wait(timeout=30)
-            self._run = None
-        if self._pollTimer is not None:
-            self._pollTimer.stop()
-        if hasattr(self, "ui"):
-            self._resetFuseButton()
 
 
 #
@@ -536,17 +481,14 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MedFusionLogic(ScriptedLoadableModuleLogic):
-    """This class should implement all the actual
-    computation done by your module.  The interface
-    should be such that other python code can import
-    this class and make use of the functionality without
-    requiring an instance of the Widget.
+    """The module's logic, usable without the widget (batch scripts, ``Slicer --no-main-window``).
     Uses ScriptedLoadableModuleLogic base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
 
-    All MRML work is delegated to :class:`MedFusionSlicerLib.MedFusionLogicCore` (tested outside
-    Slicer against a real MRML scene); it is imported on first use, after the dependency check,
-    because it imports PyTorch.
+    MRML work is delegated to :class:`MedFusionSlicerLib.MedFusionLogicCore`, imported on first use
+    (after the dependency check: it imports PyTorch). Runs started with ``waitForCompletion=False``
+    compute in a worker process; poll ``run.isRunning()`` (never blocks) and call ``run.finish()`` on
+    the main thread, which writes the results; ``run.cancel()`` stops it, ``run.close()`` abandons it.
     """
 
     def __init__(self) -> None:
@@ -561,162 +503,71 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
     def core(self):
         """The MRML logic (imports MedFusionLib and PyTorch on first use)."""
         if self._core is None:
-            _makeMedFusionLibImportable()
+            if importlib.util.find_spec("MedFusionLib") is None:
+                raise RuntimeError(_("MedFusionLib is missing from this installation; reinstall the MedFusion extension."))
             from MedFusionSlicerLib import MedFusionLogicCore
 
             self._core = MedFusionLogicCore()
         return self._core
 
-    # ------------------------------------------------------------------ dependencies
-
     @staticmethod
-    def missingPythonRequirements() -> list:
-        """Pip requirements (and "torch") whose packages cannot be imported."""
-        missing = [req for name, req in PYTHON_REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
-        if importlib.util.find_spec("torch") is None:
-            missing.insert(0, "torch")
-        return missing
+    def setupPythonRequirements(askConfirmation: bool = True) -> bool:
+        """Install what MedFusionLib needs, on first use and after asking; never at import time nor in testing mode.
 
-    def setupPythonRequirements(self, askConfirmation: bool = True) -> bool:
-        """Install what MedFusionLib needs, on first use and after asking; never at import time.
-
-        PyTorch comes through the PyTorch extension's PyTorchUtils, which picks the build that
-        matches the GPU driver (or the CPU build when there is no GPU); the rest through pip.
-
-        :param askConfirmation: ask before installing (batch scripts pass False).
-        :returns: True when everything is importable; False when the user declined.
+        :returns: True when every requirement is met; False when the user declined (or in testing mode).
         :raises RuntimeError: installing failed (e.g. offline); the message says what to do.
         """
-        missing = self.missingPythonRequirements()
-        if not missing:
-            return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _("MedFusion needs these Python packages, which are not installed yet:\n{packages}\n\n"
-              "Installing needs a network connection and may take several minutes. Install now?").format(
-                packages=", ".join(missing)),
-            _("MedFusion: install Python packages"),
-        ):
-            return False
-        try:
-            if "torch" in missing:
-                try:
-                    import PyTorchUtils
-                except ModuleNotFoundError:
-                    raise RuntimeError(_("MedFusion needs the PyTorch extension: install 'PyTorch' from the "
-                                         "Extensions Manager, restart Slicer, and press Fuse again.")) from None
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=MINIMUM_TORCH_VERSION)
-                if torch is None:
-                    raise RuntimeError(_("PyTorch could not be installed; see the Python console."))
-            others = [req for req in missing if req != "torch"]
-            if others:
-                slicer.util.pip_install(others)
-        except RuntimeError:
-            raise
-        except Exception as error:
-            raise RuntimeError(
-                _("Installing {packages} failed ({error}). Without a network connection, install them from a "
-                  "machine that has one, e.g. in Slicer's Python console: "
-                  "slicer.util.pip_install('{packages}').").format(packages=" ".join(missing), error=error)
-            ) from error
-        still = self.missingPythonRequirements()
-        if still:
-            raise RuntimeError(_("Still missing after installation: {packages}; restart Slicer and try again.")
-                               .format(packages=", ".join(still)))
-        return True
+        return ensure_in_slicer(askConfirmation)
 
-    # ------------------------------------------------------------------ processing
+    @staticmethod
+    def inputsFromParameterNode(p: MedFusionParameterNode) -> tuple:
+        """The chosen input volumes, in order with gaps skipped, and their modalities (None: automatic)."""
+        chosen = [i for i in (p.input1, p.input2, p.input3, p.input4) if i.volume is not None]
+        return [i.volume for i in chosen], [None if i.modality == "auto" else i.modality for i in chosen]
 
     @staticmethod
     def argumentsFromParameterNode(p: MedFusionParameterNode) -> dict:
         """Translate the GUI's parameters into :meth:`process` / core arguments."""
-        inputs = [p.inputVolume1, p.inputVolume2, p.inputVolume3, p.inputVolume4]
-        modalities = [p.modality1, p.modality2, p.modality3, p.modality4]
-        used = [i for i, v in enumerate(inputs) if v is not None]
-        method = str(p.modelFile) if p.method == "model file" else p.method
+        volumes, modalities = MedFusionLogic.inputsFromParameterNode(p)
         return dict(
-            inputVolumeNodes=[inputs[i] for i in used],
-            outputVolumeNode=p.outputVolume,
-            targetVolumeNode=p.targetVolume,
-            method=method,
+            inputVolumeNodes=volumes, outputVolumeNode=p.outputVolume, targetVolumeNode=p.targetVolume,
+            method=str(p.modelFile) if p.method == "model file" else p.method,
             axis=SLICE_AXIS_CHOICES.index(p.sliceAxis),
             blockSize=None if p.blockSize == "whole slice" else int(p.blockSize),
-            device=p.device,
-            resampleToFirst=p.resampleToFirst,
+            device=p.device, resampleToFirst=p.resampleToFirst, modalities=modalities,
             metricsTableNode=p.metricsTable if p.computeMetrics else None,
             sliceTableNode=p.sliceTable if p.computeMetrics else None,
             plotChartNode=p.plotChart if p.computeMetrics else None,
-            modalities=[None if modalities[i] == "auto" else modalities[i] for i in used],
             register=None if p.registration == "none" else p.registration,
             denoise=None if p.denoise == "none" else p.denoise,
             computeMetrics=p.computeMetrics,
         )
 
-    def prepare(self, **kwargs):
-        """Check the inputs and copy them out of the scene (see ``MedFusionLogicCore.prepare``)."""
-        return self.core.prepare(**kwargs)
-
     @staticmethod
     def trainingArgumentsFromParameterNode(p: MedFusionParameterNode) -> dict:
-        """Translate the Train section's parameters (and the inputs, modalities, slice axis, device and
-        resampling choices of the other sections) into :meth:`train` / core arguments."""
+        """Translate the Train section's parameters (and the inputs, slice axis, device and resampling
+        of the other sections) into :meth:`train` / core arguments."""
         fromFolder = p.trainingSource == "folder"
-        inputs = [p.inputVolume1, p.inputVolume2, p.inputVolume3, p.inputVolume4]
-        modalities = [p.modality1, p.modality2, p.modality3, p.modality4]
-        used = [i for i, v in enumerate(inputs) if v is not None]
+        volumes, modalities = MedFusionLogic.inputsFromParameterNode(p)
         return dict(
-            outputModelPath=str(p.trainingOutputModel),
-            inputVolumeNodes=None if fromFolder else [inputs[i] for i in used],
+            outputModelPath=str(p.trainingOutputModel) if p.trainingOutputModel else None,
+            inputVolumeNodes=None if fromFolder else volumes,
             targetVolumeNode=None if fromFolder else p.trainingTargetVolume,
-            trainingData=str(p.trainingFolder) if fromFolder else None,
-            family=p.trainingFamily,
-            iterations=p.trainingIterations,
+            trainingData=str(p.trainingFolder) if fromFolder and p.trainingFolder else None,
+            family=p.trainingFamily, iterations=p.trainingIterations,
             blockSize=None if p.trainingBlockSize == "auto" else int(p.trainingBlockSize),
-            axis=SLICE_AXIS_CHOICES.index(p.sliceAxis),
-            device=p.device,
+            axis=SLICE_AXIS_CHOICES.index(p.sliceAxis), device=p.device,
             resampleToFirst=False if fromFolder else p.resampleToFirst,
-            modalities=None if fromFolder else [None if modalities[i] == "auto" else modalities[i] for i in used],
+            modalities=None if fromFolder else modalities,
         )
 
-    def prepareTraining(self, **kwargs):
-        """Check the training arguments and copy the volumes out of the scene (see ``MedFusionLogicCore.prepareTraining``)."""
-        return self.core.prepareTraining(**kwargs)
-
-    def startBackgroundTraining(self, job):
-        """Start training a prepared job in a background thread; returns a ``BackgroundTraining``."""
-        from MedFusionSlicerLib import BackgroundTraining
-
-        return BackgroundTraining(self.core, job).start()
-
-    def train(self, outputModelPath, inputVolumeNodes=None, targetVolumeNode=None, trainingData=None,
-              waitForCompletion: bool = True, **kwargs):
-        """
-        Train a fusion model from scene volumes or a training folder and write it to a file.
-        Can be used without GUI widget (batch scripts); never modifies the scene.
-
-        :param outputModelPath: the model file to write (.pt); never one of the training inputs.
-        :param inputVolumeNodes: two or more registered scalar volume nodes to learn from (with targetVolumeNode).
-        :param targetVolumeNode: the ideal fused volume of the inputs.
-        :param trainingData: instead of volumes, a folder of case folders (input_1.*, input_2.*, target.*)
-            or a manifest CSV.
-        :param waitForCompletion: True: train now and return a ``MedFusionTrainingResult``. False: start a
-            background thread and return its ``BackgroundTraining`` at once; poll ``isRunning()`` and call
-            ``finish()`` (which writes the file) on the main thread.
-        :param kwargs: the other arguments of ``MedFusionLogicCore.train`` (family, iterations, blockSize,
-            axis, device, resampleToFirst, progress, cancel, modalities, seed, overwrite).
-        """
-        if not waitForCompletion:
-            progress, cancel = kwargs.pop("progress", None), kwargs.pop("cancel", None)
-            if progress is not None or cancel is not None:
-                raise ValueError("progress/cancel: with waitForCompletion=False use the returned run's "
-                                 "progress and cancel()")
-            return self.startBackgroundTraining(self.prepareTraining(
-                outputModelPath=outputModelPath, inputVolumeNodes=inputVolumeNodes,
-                targetVolumeNode=targetVolumeNode, trainingData=trainingData, **kwargs))
-        return self.core.train(outputModelPath, inputVolumeNodes, targetVolumeNode, trainingData, **kwargs)
+    @staticmethod
+    def _refuseCallbacks(kwargs: dict) -> None:
+        if kwargs.pop("progress", None) is not None or kwargs.pop("cancel", None) is not None:
+            raise ValueError("progress/cancel: with waitForCompletion=False use the returned run's progress and cancel()")
 
     def startBackgroundFusion(self, job):
-        """Start the computation of a prepared job in a background thread; returns a ``BackgroundFusion``."""
+        """Start computing a job of ``core.prepare`` in a worker process; returns the started ``BackgroundFusion``."""
         from MedFusionSlicerLib import BackgroundFusion
 
         return BackgroundFusion(self.core, job).start()
@@ -724,53 +575,65 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolumeNodes, outputVolumeNode=None, targetVolumeNode=None, method="default",
                 waitForCompletion: bool = True, showResult: bool = False, **kwargs):
         """
-        Fuse volumes. Can be used without GUI widget (batch scripts, ``Slicer --no-main-window``).
-
-        :param inputVolumeNodes: two or more registered scalar volume nodes; the first is the reference grid.
-        :param outputVolumeNode: volume to overwrite (never an input), or None to create one.
-        :param targetVolumeNode: optional ideal fused volume for the full-reference metrics.
-        :param method: "default", a model file path, or a baseline name.
-        :param waitForCompletion: True: fuse now and return a ``MedFusionResult``. False: start a
-            background thread and return its ``BackgroundFusion`` at once; poll ``isRunning()``
-            and call ``finish()`` on the main thread (that is what the widget does).
-        :param showResult: show the fused volume, the metrics table and the plot in the views (GUI only).
-        :param kwargs: the other arguments of ``MedFusionLogicCore.fuse`` (axis, blockSize, device,
-            resampleToFirst, metricsTableNode, sliceTableNode, plotChartNode, progress, cancel,
-            modalities, register, denoise, computeMetrics, metrics, plotMetrics).
+        Fuse two or more registered scalar volumes (the first is the reference grid) into outputVolumeNode
+        (never an input; None creates one). method: "default", a model file path, or a baseline name.
+        waitForCompletion=True fuses now and returns a ``MedFusionResult``; False returns the started
+        ``BackgroundFusion`` at once (see the class docstring). showResult: show it in the views (GUI only).
+        The other keyword arguments are those of ``MedFusionLogicCore.fuse`` (axis, blockSize, device,
+        resampleToFirst, metricsTableNode, sliceTableNode, plotChartNode, modalities, register, denoise,
+        computeMetrics, metrics, plotMetrics; progress and cancel only with waitForCompletion=True).
         """
-        import time
-
         startTime = time.time()
         logging.info("MedFusion: processing started")
         if not waitForCompletion:
-            progress, cancel = kwargs.pop("progress", None), kwargs.pop("cancel", None)
-            if progress is not None or cancel is not None:
-                raise ValueError("progress/cancel: with waitForCompletion=False use the returned run's "
-                                 "progress and cancel()")
-            return self.startBackgroundFusion(self.prepare(
+            self._refuseCallbacks(kwargs)
+            return self.startBackgroundFusion(self.core.prepare(
                 inputVolumeNodes=inputVolumeNodes, outputVolumeNode=outputVolumeNode,
                 targetVolumeNode=targetVolumeNode, method=method, **kwargs))
         result = self.core.fuse(inputVolumeNodes, outputVolumeNode, targetVolumeNode, method, **kwargs)
         if showResult:
             self.showResult(result, inputVolumeNodes[0])
-        stopTime = time.time()
-        logging.info(f"MedFusion: processing completed in {stopTime-startTime:.2f} seconds")
+        logging.info(f"MedFusion: processing completed in {time.time() - startTime:.2f} seconds")
         return result
 
     @staticmethod
     def showResult(result, backgroundVolumeNode=None) -> None:
         """Show the fused volume in the slice views and the metrics table and plot (only with a GUI)."""
-        if not slicer.app.commandOptions().noMainWindow:
-            slicer.util.setSliceViewerLayers(background=result.outputVolumeNode, foreground=backgroundVolumeNode,
-                                             foregroundOpacity=0.0, fit=True)
-            if result.metricsTableNode is not None:
-                layoutManager = slicer.app.layoutManager()
-                layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-                selectionNode = slicer.app.applicationLogic().GetSelectionNode()
-                selectionNode.SetActiveTableID(result.metricsTableNode.GetID())
-                slicer.app.applicationLogic().PropagateTableSelection()
-                selectionNode.SetActivePlotChartID(result.plotChartNode.GetID())
-                slicer.app.applicationLogic().PropagatePlotChartSelection()
+        if slicer.app.commandOptions().noMainWindow:
+            return
+        slicer.util.setSliceViewerLayers(background=result.outputVolumeNode, foreground=backgroundVolumeNode,
+                                         foregroundOpacity=0.0, fit=True)
+        if result.metricsTableNode is not None:
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+            selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+            selectionNode.SetActiveTableID(result.metricsTableNode.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+            selectionNode.SetActivePlotChartID(result.plotChartNode.GetID())
+            slicer.app.applicationLogic().PropagatePlotChartSelection()
+
+    def startBackgroundTraining(self, job):
+        """Start a job of ``core.prepareTraining`` in a worker process; returns the started ``BackgroundTraining``."""
+        from MedFusionSlicerLib import BackgroundTraining
+
+        return BackgroundTraining(self.core, job).start()
+
+    def train(self, outputModelPath, inputVolumeNodes=None, targetVolumeNode=None, trainingData=None,
+              waitForCompletion: bool = True, **kwargs):
+        """
+        Train a fusion model and write it to outputModelPath (.pt, never a training input); never modifies
+        the scene. Learns from inputVolumeNodes (two or more registered volumes) and targetVolumeNode (their
+        ideal fused volume), or from trainingData (a folder of case folders input_1.*, input_2.*, target.*, or
+        a manifest CSV). waitForCompletion=True trains now and returns a ``MedFusionTrainingResult``; False
+        returns the started ``BackgroundTraining`` at once, whose ``finish()`` writes the file. The other
+        keyword arguments are those of ``MedFusionLogicCore.train`` (family, iterations, blockSize, axis,
+        device, resampleToFirst, modalities, seed, overwrite; progress and cancel only when waiting).
+        """
+        if not waitForCompletion:
+            self._refuseCallbacks(kwargs)
+            return self.startBackgroundTraining(self.core.prepareTraining(
+                outputModelPath=outputModelPath, inputVolumeNodes=inputVolumeNodes,
+                targetVolumeNode=targetVolumeNode, trainingData=trainingData, **kwargs))
+        return self.core.train(outputModelPath, inputVolumeNodes, targetVolumeNode, trainingData, **kwargs)
 
 
 #
@@ -790,15 +653,17 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
-        self.setUp()
-        self.test_MedFusion_baseline_geometry()
-        self.setUp()
-        self.test_MedFusion_default_model()
-        self.setUp()
-        self.test_MedFusion_refuses_output_equal_input()
-        self.setUp()
-        self.test_MedFusion_train_then_fuse()
+        """Run every test; skipped with a message (a test never installs anything) when a requirement is unmet."""
+        unmet = unmet_requirements(module_requirements())
+        if unmet:
+            message = "MedFusion self-test skipped. " + install_message(unmet, in_slicer=True)
+            logging.warning(message)
+            return self.delayDisplay(message)
+        for test in (self.test_MedFusion_baseline_geometry, self.test_MedFusion_default_model,
+                     self.test_MedFusion_cancel_and_close_leave_the_scene,
+                     self.test_MedFusion_refuses_output_equal_input, self.test_MedFusion_train_then_fuse):
+            self.setUp()
+            test()
 
     @staticmethod
     def _syntheticPair():
@@ -816,19 +681,27 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         return (slicer.util.addVolumeFromArray(ct, ijkToRAS, "CT"),
                 slicer.util.addVolumeFromArray(mri, ijkToRAS, "MRI"), ijkToRAS)
 
+    @staticmethod
+    def _waitFor(run, timeoutSeconds: float = 600.0) -> None:
+        """Poll a run as the widget does, the GUI kept responsive; abandon it and fail after the timeout."""
+        deadline = time.monotonic() + timeoutSeconds
+        while run.isRunning():
+            if time.monotonic() > deadline:
+                run.close()
+                raise AssertionError(f"the run did not end within {timeoutSeconds:.0f} s")
+            slicer.app.processEvents()
+            run.wait(timeout=0.05)
+
     def test_MedFusion_baseline_geometry(self):
         import numpy as np
 
         self.delayDisplay("Starting the baseline test")
         ct, mri, ijkToRAS = self._syntheticPair()
-        logic = MedFusionLogic()
-        self.assertTrue(logic.setupPythonRequirements(askConfirmation=False))
-        result = logic.process([ct, mri], method="average")
+        result = MedFusionLogic().process([ct, mri], method="average")
         matrix = vtk.vtkMatrix4x4()
         result.outputVolumeNode.GetIJKToRASMatrix(matrix)
         np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), ijkToRAS)
-        fused = slicer.util.arrayFromVolume(result.outputVolumeNode)
-        self.assertEqual(fused.shape, (8, 48, 40))
+        self.assertEqual(slicer.util.arrayFromVolume(result.outputVolumeNode).shape, (8, 48, 40))
         self.assertGreater(result.metricsTableNode.GetNumberOfRows(), 10)
         self.assertEqual(result.plotChartNode.GetNumberOfPlotSeriesNodes(), 3)
         self.delayDisplay("Test passed")
@@ -836,16 +709,34 @@ class MedFusionTest(ScriptedLoadableModuleTest):
     def test_MedFusion_default_model(self):
         import numpy as np
 
-        self.delayDisplay("Starting the default-model test (background run)")
+        self.delayDisplay("Starting the default-model test (worker process)")
         ct, mri, _ijkToRAS = self._syntheticPair()
-        logic = MedFusionLogic()
-        run = logic.process([ct, mri], waitForCompletion=False)
-        while run.isRunning():
-            slicer.app.processEvents()  # the GUI stays responsive while the thread works
-            run.wait(timeout=0.05)
-        result = run.finish()
-        fused = slicer.util.arrayFromVolume(result.outputVolumeNode)
+        run = MedFusionLogic().process([ct, mri], waitForCompletion=False)
+        self._waitFor(run)
+        fused = slicer.util.arrayFromVolume(run.finish().outputVolumeNode)
         self.assertTrue(np.all(np.isfinite(fused)) and fused.min() >= 0 and fused.max() <= 1)
+        self.delayDisplay("Test passed")
+
+    def test_MedFusion_cancel_and_close_leave_the_scene(self):
+        from MedFusionLib.errors import Cancelled
+
+        self.delayDisplay("Starting the cancel/close test")
+        ct, mri, _ijkToRAS = self._syntheticPair()
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        cancelled = MedFusionLogic().process([ct, mri], waitForCompletion=False)
+        cancelled.cancel()
+        self.assertTrue(cancelled.cancelRequested)
+        self._waitFor(cancelled)
+        with self.assertRaises(Cancelled):
+            cancelled.finish()
+        closed = MedFusionLogic().process([ct, mri], waitForCompletion=False)
+        startTime = time.monotonic()
+        closed.close()
+        closed.close()  # idempotent
+        self.assertLess(time.monotonic() - startTime, 5.0)  # never blocks noticeably
+        with self.assertRaises(Cancelled):
+            closed.finish()
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.delayDisplay("Test passed")
 
     def test_MedFusion_refuses_output_equal_input(self):

@@ -954,7 +954,7 @@ def load_training_triplets(source: PathLike, axis: int = 0) -> "TripletDataset":
     :param source: manifest CSV or folder.
     :param axis: slicing axis for volumes.
     """
-    from .engine.training import Triplet, TripletDataset
+    from .engine.training import Triplet, TripletDataset, slice_triplets
     from .fusion import to_unit_range
 
     path = Path(source)
@@ -980,9 +980,5 @@ def load_training_triplets(source: PathLike, axis: int = 0) -> "TripletDataset":
         if target.ndim == 2:
             triplets.append(Triplet(arrays, target, group.name))
             continue
-        for index in range(target.shape[axis]):
-            slice_target = np.take(target, index, axis=axis)
-            if np.ptp(slice_target) > 0:
-                triplets.append(Triplet([np.take(a, index, axis=axis) for a in arrays], slice_target,
-                                        f"{group.name} slice {index}"))
+        triplets.extend(slice_triplets(arrays, target, axis, group.name))
     return TripletDataset(triplets)

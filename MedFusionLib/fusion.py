@@ -366,8 +366,7 @@ def fuse_files(
     :returns: a :class:`WrittenFusion`.
     :raises InputError: unreadable input, mismatched inputs, bad option, refused output.
     """
-    from .preprocessing import denoise as denoise_image
-    from .preprocessing import register as register_image
+    from .preprocessing import RegistrationCancelled, align_to_first
 
     if isinstance(inputs, (str, bytes, Path)):
         raise InputError("inputs: expected a list of at least 2 input files, got one path")
@@ -384,10 +383,10 @@ def fuse_files(
     if len({image.dimension for image in images}) > 1:
         shapes = ", ".join(f"{Path(p).name}: {image.dimension}D" for p, image in zip(inputs, images))
         raise InputError(f"inputs: mixed 2D images and 3D volumes ({shapes})")
-    if denoise != "none":
-        images = [image if image.is_color else denoise_image(image, denoise) for image in images]
-    if register != "none":
-        images = [images[0]] + [register_image(images[0], moving, transform=register).resampled for moving in images[1:]]
+    try:
+        images = align_to_first(images, denoise_method=denoise, register_transform=register, cancel=cancel)
+    except RegistrationCancelled:
+        raise FusionCancelled("fusion cancelled (pre-processing)") from None
     if cancel is not None and cancel.is_set():
         raise FusionCancelled("fusion cancelled")
     if images[0].dimension == 3:

@@ -54,6 +54,7 @@ __all__ = [
     "RegistrationResult",
     "register",
     "resample_to",
+    "align_to_first",
     "CT_WINDOWS",
     "DEFAULT_CT_WINDOW",
     "MODALITIES",
@@ -644,6 +645,67 @@ MODALITIES: Mapping[str, str] = {
     "SPECT": "SPECT",
     "NM": "SPECT",
 }
+
+
+
+def _off(value: Optional[str]) -> bool:
+    """Whether an optional step is switched off: None and ``"none"`` mean the same everywhere."""
+    return value is None or str(value).strip().lower() == "none"
+
+
+def align_to_first(
+    images: Sequence[LoadedImage],
+    *,
+    denoise_method: Optional[str] = None,
+    register_transform: Optional[str] = None,
+    resample: bool = False,
+    tolerance: float = 1e-5,
+    progress: Optional[Callable[[float, str], None]] = None,
+    cancel: Optional[CancelFlag] = None,
+) -> list[LoadedImage]:
+    """The pre-processing every fusion entry point shares: denoise, then put inputs 2.. on input 1's grid.
+
+    :param images: K >= 1 :class:`LoadedImage` (input 1 is the reference grid); not modified.
+    :param denoise_method: a :data:`DENOISE_METHODS` name applied to every grey input, or None/``"none"``.
+    :param register_transform: ``"rigid"`` or ``"affine"`` to register inputs 2.. onto input 1
+        (:func:`register`), or None/``"none"``.
+    :param resample: without registration, resample an input whose grid differs from input 1's
+        onto it (:func:`resample_to`, physical space); inputs on input 1's grid are kept as they are.
+    :param tolerance: how far geometries may differ and still count as one grid (see
+        :meth:`LoadedImage.geometry_matches`).
+    :param progress: ``progress(fraction, message)`` after each step.
+    :param cancel: polled between steps and inside registration; raises :class:`RegistrationCancelled`.
+    :returns: the K images, input 1 first.
+    """
+    images = list(images)
+    steps = max(len(images) * (0 if _off(denoise_method) else 1) + len(images) - 1, 1)
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(min(done / steps, 1.0), message)
+
+    def check_cancel(where: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise RegistrationCancelled(f"pre-processing cancelled ({where})")
+
+    if not _off(denoise_method):
+        for i, image in enumerate(images):
+            check_cancel("denoising")
+            if not image.is_color:
+                images[i] = denoise(image, denoise_method)
+            step(f"denoised input {i + 1}")
+    reference = images[0]
+    for i in range(1, len(images)):
+        check_cancel("registration")
+        if not _off(register_transform):
+            images[i] = register(reference, images[i], transform=register_transform, cancel=cancel).resampled
+        elif resample and not reference.geometry_matches(images[i], tol=tolerance):
+            images[i] = resample_to(reference, images[i])
+        step(f"input {i + 1} on input 1's grid")
+    return images
 
 
 def _window(window: object) -> tuple[float, float]:

@@ -2,10 +2,12 @@
 
 The widget needs Slicer's Qt application, which cannot run here, so it is kept thin and
 checked statically: the ``.ui`` parses, every widget the module code uses exists with a
-plausible class, every parameter of the ``parameterNodeWrapper`` is bound to a widget that
-can represent it (the rules of Slicer's ``parameterNodeWrapper/guiConnectors.py``), the CMake
-lists name exactly the files that exist, and the Extensions Index entry agrees with the CMake
-metadata. The MRML logic itself is tested against a real scene in ``test_slicer_logic.py``.
+plausible class, every parameter of the ``parameterNodeWrapper`` (a parameter pack's members by
+their dotted names) is bound to a widget that can represent it (the rules of Slicer's
+``parameterNodeWrapper/guiConnectors.py``), the choice lists (``MedFusionSlicerLib.choices``,
+imported for real) match MedFusionLib, the CMake lists name exactly the files that exist, and the
+Extensions Index entry agrees with the CMake metadata. The MRML logic itself is tested against a
+real scene in ``test_slicer_logic.py``; the dependency check in ``test_slicer_dependencies.py``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ MODULE_FILE = MODULE_DIR / "MedFusion.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedFusion.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "MedFusion.png"
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
-LOGIC_CORE_FILE = MODULE_DIR / "MedFusionSlicerLib" / "logic_core.py"
+HELPERS_DIR = MODULE_DIR / "MedFusionSlicerLib"
 # Screenshots are fetched by URL (Extensions Index, README), not installed with the module.
 SCREENSHOTS_DIR = MODULE_DIR / "Resources" / "Screenshots"
 UI_PREVIEW_SCRIPT = ROOT / "docs" / "render_slicer_ui_preview.py"
+
+sys.path.insert(0, str(MODULE_DIR))
+from MedFusionSlicerLib import choices, dependencies  # noqa: E402 (plain Python: no Slicer, NumPy or PyTorch)
 
 # Extensions Index catalog entry schema (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.x):
 # "additionalProperties": false, so homepage/contributors/description can only live in CMake.
@@ -59,29 +64,28 @@ def _module_class(name: str) -> ast.ClassDef:
     return next(n for n in _module_tree().body if isinstance(n, ast.ClassDef) and n.name == name)
 
 
-def _module_constant(name: str):
-    for node in _module_tree().body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"no module-level constant {name}")
+def _value(node: ast.expr):
+    """A literal, or a name the module imports from MedFusionSlicerLib.choices."""
+    return getattr(choices, node.id) if isinstance(node, ast.Name) else ast.literal_eval(node)
 
 
-def _logic_core_tree() -> ast.Module:
-    return ast.parse(LOGIC_CORE_FILE.read_text(encoding="utf-8"))
+def _helper_files() -> list[Path]:
+    return sorted(HELPERS_DIR.glob("*.py"))
 
 
-def _logic_core_constant(name: str):
-    for node in _logic_core_tree().body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"no constant {name} in {LOGIC_CORE_FILE.name}")
-
-
-def _method_parameters(tree: ast.Module, class_name: str, method: str) -> list[str]:
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
-    function = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == method)
-    return [a.arg for a in (*function.args.args, *function.args.kwonlyargs) if a.arg != "self"]
+def _method_parameters(class_name: str, method: str) -> list[str]:
+    """Parameters of a method of a MedFusionSlicerLib class (or of the base class that defines it),
+    whichever files define them."""
+    classes = {n.name: n for path in _helper_files() for n in ast.parse(path.read_text(encoding="utf-8")).body
+               if isinstance(n, ast.ClassDef)}
+    pending = [class_name]
+    while pending:
+        cls = classes[pending.pop(0)]
+        function = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == method), None)
+        if function is not None:
+            return [a.arg for a in (*function.args.args, *function.args.kwonlyargs) if a.arg != "self"]
+        pending += [ast.unparse(b) for b in cls.bases if ast.unparse(b) in classes]
+    raise AssertionError(f"{class_name}.{method} is defined nowhere in {HELPERS_DIR.name}")
 
 
 def _ui_widgets() -> dict[str, ET.Element]:
@@ -98,10 +102,28 @@ def _ui_property(widget: ET.Element, name: str):
     return value.text
 
 
+def _fields(cls: ast.ClassDef) -> dict[str, ast.AnnAssign]:
+    return {n.target.id: n for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def _packs() -> dict[str, ast.ClassDef]:
+    """The module's @parameterPack classes by name."""
+    return {n.name: n for n in _module_tree().body if isinstance(n, ast.ClassDef)
+            and [ast.unparse(d) for d in n.decorator_list] == ["parameterPack"]}
+
+
 def _parameters() -> dict[str, str]:
-    """Parameter name -> annotation source, from the @parameterNodeWrapper class."""
-    cls = _module_class("MedFusionParameterNode")
-    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+    """Parameter name -> annotation source, from the @parameterNodeWrapper class; a parameter pack's
+    members by their dotted names ("input1.volume"), as the .ui's SlicerParameterName binds them."""
+    packs, parameters = _packs(), {}
+    for name, field in _fields(_module_class("MedFusionParameterNode")).items():
+        annotation = ast.unparse(field.annotation)
+        if annotation in packs:
+            parameters.update({f"{name}.{member}": ast.unparse(f.annotation)
+                               for member, f in _fields(packs[annotation]).items()})
+        else:
+            parameters[name] = annotation
+    return parameters
 
 
 def _cmake_sets(path: Path) -> dict[str, str]:
@@ -162,20 +184,27 @@ def test_module_follows_the_scripted_module_template():
     assert bases["MedFusionLogic"] == ["ScriptedLoadableModuleLogic"]
     assert bases["MedFusionTest"] == ["ScriptedLoadableModuleTest"]
     assert [ast.unparse(d) for d in classes["MedFusionParameterNode"].decorator_list] == ["parameterNodeWrapper"]
+    assert "FusionInput" in _packs()  # one (volume, modality) pack per input
 
     def methods(name: str) -> set[str]:
         return {n.name for n in classes[name].body if isinstance(n, ast.FunctionDef)}
 
     assert {"setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose",
             "initializeParameterNode", "setParameterNode", "_checkCanApply"} <= methods("MedFusionWidget")
-    assert {"getParameterNode", "process"} <= methods("MedFusionLogic")
+    assert {"getParameterNode", "process", "train", "startBackgroundFusion", "startBackgroundTraining",
+            "setupPythonRequirements"} <= methods("MedFusionLogic")
     assert {"setUp", "runTest"} <= methods("MedFusionTest")
+    # One run controller for Fuse and Train: button, progress bar, status label, a 100 ms timer, the run.
+    assert {"start", "cancel", "close", "_poll"} <= methods("RunController")
     source = MODULE_FILE.read_text(encoding="utf-8")
     for needle in ("connectGui(self.ui)", "disconnectGui(", "slicer.util.tryWithErrorDisplay(",
-                   "StartCloseEvent", "EndCloseEvent", "startBackgroundFusion",
-                   "qt.QTimer()", "PyTorchUtils", "MedFusionLogicCore", "startBackgroundTraining",
-                   "onPollTraining"):
+                   "StartCloseEvent", "EndCloseEvent", "qt.QTimer()", "setInterval(100)", "MedFusionLogicCore",
+                   "ensure_in_slicer", "run.cancelRequested", "run.finish()", "run.close()", "run.isRunning()",
+                   "waitForCompletion=False"):
         assert needle in source, needle
+    # Worker-process runs: no thread events, and scene close / cleanup abandon a run, never wait for it.
+    for gone in ("cancelEvent", "wait(timeout=30)", "threading", "onPollTraining", "onPollFusion"):
+        assert gone not in source, gone
 
 
 def test_module_metadata_and_citations():
@@ -191,42 +220,96 @@ def test_module_metadata_and_citations():
     assert f"'{metadata['EXTENSION_CATEGORY']}'" in source
 
 
-def test_module_imports_nothing_heavy_at_load_time():
-    """Slicer imports every module at startup: torch and MedFusionLib only on first use, after the check."""
-    heavy = {"torch", "MedFusionLib", "MedFusionSlicerLib", "numpy", "SimpleITK", "PyTorchUtils"}
-    for node in _module_tree().body:
-        names = []
+# The standard-library modules dependencies.py may import at load time (it is imported while Slicer starts,
+# and by the batch script before it knows whether anything else is installed).
+_LIGHT_MODULES = {"__future__", "dataclasses", "importlib", "importlib.metadata", "importlib.util", "logging", "os",
+                  "pathlib", "re", "shlex", "sys", "typing"}
+
+
+def _load_time_imports(tree: ast.Module) -> list[tuple[str, ast.stmt]]:
+    """(module, statement) of every import at module level (not inside functions)."""
+    found = []
+    for node in tree.body:
         if isinstance(node, ast.Import):
-            names = [a.name.split(".")[0] for a in node.names]
+            found += [(a.name, node) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            names = [(node.module or "").split(".")[0]]
-        assert not heavy & set(names), ast.unparse(node)
+            found.append((node.module or "", node))
+    return found
 
 
-def test_logic_core_needs_no_slicer_application():
-    """The core must run with slicer-core: no slicer.app, Qt, ScriptedLoadableModule or parameterNodeWrapper."""
-    source = (MODULE_DIR / "MedFusionSlicerLib" / "logic_core.py").read_text(encoding="utf-8")
-    for forbidden in ("slicer.app", "import qt", "import ctk", "ScriptedLoadableModule", "parameterNodeWrapper",
-                      "slicer.mrmlScene"):
-        assert forbidden not in source, forbidden
+def test_module_imports_nothing_heavy_at_load_time():
+    """Slicer imports every module at startup: torch and MedFusionLib only on first use, after the check.
+
+    Of MedFusionSlicerLib exactly the two plain-Python modules: the choice lists and the dependency check."""
+    heavy = {"torch", "MedFusionLib", "MedFusionSlicerLib", "numpy", "SimpleITK", "PyTorchUtils", "scipy", "skimage"}
+    allowed = {"MedFusionSlicerLib.choices", "MedFusionSlicerLib.dependencies"}
+    imported = {module for module, _node in _load_time_imports(_module_tree())}
+    assert {m for m in imported if m.split(".")[0] in heavy} == allowed
+    for module in ("choices", "dependencies"):
+        light = {m for m, _node in _load_time_imports(ast.parse((HELPERS_DIR / f"{module}.py").read_text()))}
+        assert light <= _LIGHT_MODULES, (module, light - _LIGHT_MODULES)
+
+
+# What MedFusionSlicerLib code must not use, so that it runs with slicer-core (no application, no Qt),
+# in batch scripts and in the worker process.
+_APPLICATION_IMPORTS = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
+_APPLICATION_ATTRIBUTES = ("slicer.app", "slicer.mrmlScene")
+_APPLICATION_NAMES = ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "parameterNodeWrapper")
+# dependencies.py is the exception: installing packages in Slicer needs slicer.app (testing mode, dialogs),
+# slicer.util and slicer.packaging, all imported inside ensure_in_slicer() only.
+_APPLICATION_EXEMPT = {"dependencies.py"}
+
+
+def test_helpers_need_no_slicer_application():
+    """Every MedFusionSlicerLib file but dependencies.py: no slicer.app, Qt, ctk, ScriptedLoadableModule,
+    parameterNodeWrapper or slicer.mrmlScene in its code (docstrings may name them)."""
+    files = [p for p in _helper_files() if p.name not in _APPLICATION_EXEMPT]
+    assert {p.name for p in files} >= {"__init__.py", "choices.py"}
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                modules = []
+            bad = [m for m in modules if any(m == f or m.startswith(f + ".") for f in _APPLICATION_IMPORTS)]
+            assert not bad, (path.name, node.lineno, bad)
+            if isinstance(node, ast.Attribute):
+                assert ast.unparse(node) not in _APPLICATION_ATTRIBUTES, (path.name, node.lineno, ast.unparse(node))
+            if isinstance(node, ast.Name):
+                assert node.id not in _APPLICATION_NAMES, (path.name, node.lineno, node.id)
 
 
 def test_gui_choices_match_the_library():
     from MedFusionLib.baselines import BASELINES
     from MedFusionLib.preprocessing import DENOISE_DEFAULTS, REGISTRATION_TRANSFORMS
 
-    assert _module_constant("METHOD_CHOICES") == ["default", "model file", *BASELINES]
-    assert set(_module_constant("DENOISE_CHOICES")) == set(DENOISE_DEFAULTS)
-    assert _module_constant("REGISTRATION_CHOICES") == ["none", *REGISTRATION_TRANSFORMS]
-    assert _module_constant("SLICE_AXIS_CHOICES") == ["K", "J", "I"]
-    assert set(_module_constant("DEVICE_CHOICES")) <= {"auto", "cpu", "gpu", "cuda"}
-    modalities = [m for m in _module_constant("MODALITY_CHOICES") if m != "auto"]
+    assert choices.METHOD_CHOICES == ["default", "model file", *BASELINES]
+    assert set(choices.DENOISE_CHOICES) == set(DENOISE_DEFAULTS)
+    assert choices.REGISTRATION_CHOICES == ["none", *REGISTRATION_TRANSFORMS]
+    assert choices.SLICE_AXIS_CHOICES == ["K", "J", "I"]
+    assert set(choices.DEVICE_CHOICES) <= {"auto", "cpu", "gpu", "cuda"} and set(choices.DEVICE_CHOICES) <= set(choices.DEVICES)
+    modalities = [m for m in choices.MODALITY_CHOICES if m != "auto"]
     from MedFusionLib.preprocessing import standardise
 
     for modality in modalities:  # every offered modality is one standardise() accepts
         import numpy as np
 
         standardise(np.linspace(0, 100, 64, dtype=np.float32).reshape(8, 8), modality)
+
+
+def test_module_takes_its_choice_lists_from_choices_py():
+    """No copies: every *_CHOICES the module uses is imported from MedFusionSlicerLib.choices."""
+    tree = _module_tree()
+    defined = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    assert not {name for name in defined if name.endswith("_CHOICES")}, "choice lists belong in choices.py"
+    imported = {a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "MedFusionSlicerLib.choices"
+                for a in n.names}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id.endswith("_CHOICES")}
+    assert used and used <= imported
+    assert all(hasattr(choices, name) for name in imported)
 
 
 # ------------------------------------------------------------------------------------------ .ui file
@@ -280,7 +363,8 @@ def test_every_widget_the_code_uses_exists_with_a_plausible_class():
 
 
 def _connector_classes(annotation: str) -> set[str]:
-    """Widget classes parameterNodeWrapper's guiConnectors.py can bind to this parameter type."""
+    """Widget classes parameterNodeWrapper's guiConnectors.py can bind to this parameter type, plus the
+    module's own connector for ``Optional[pathlib.Path]`` (an empty path field is None, not Path('.'))."""
     base = re.sub(r"^Annotated\[(\w[\w.]*),.*\]$", r"\1", annotation)
     if base.startswith("vtkMRML"):
         return {"qMRMLNodeComboBox"}
@@ -292,7 +376,24 @@ def _connector_classes(annotation: str) -> set[str]:
         "float": {"QDoubleSpinBox", "ctkSliderWidget"},
         "str": {"QLineEdit", "QTextEdit"},
         "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+        "Optional[pathlib.Path]": {"ctkPathLineEdit"},
     }[base]
+
+
+def test_optional_paths_have_a_registered_connector_and_no_dot_default():
+    """Slicer's ctkPathLineEdit connector binds only pathlib.Path, whose default Path() shows '.': the
+    module binds Optional[pathlib.Path] = None through its own @parameterNodeGuiConnector."""
+    cls = _module_class("ctkPathLineEditToOptionalPathConnector")
+    assert [ast.unparse(d) for d in cls.decorator_list] == ["parameterNodeGuiConnector"]
+    assert [ast.unparse(b) for b in cls.bases] == ["GuiConnector"]
+    methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    assert {"canRepresent", "create", "_connect", "_disconnect", "widget", "read", "write"} <= methods
+    assert "Optional[pathlib.Path]" in ast.unparse(cls)
+    fields = _fields(_module_class("MedFusionParameterNode"))
+    paths = {name: f for name, f in fields.items() if "pathlib" in ast.unparse(f.annotation)}
+    assert set(paths) == {"modelFile", "trainingFolder", "trainingOutputModel"}
+    for name, field in paths.items():
+        assert ast.unparse(field.annotation) == "Optional[pathlib.Path]" and ast.unparse(field.value) == "None", name
 
 
 def test_every_parameter_is_bound_to_a_widget_that_can_represent_it():
@@ -313,11 +414,11 @@ def test_every_parameter_is_bound_to_a_widget_that_can_represent_it():
 
 
 def test_choice_defaults_are_among_the_choices():
-    cls = _module_class("MedFusionParameterNode")
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign) and "Choice(" in ast.unparse(node.annotation):
-            choices_name = re.search(r"Choice\((\w+)\)", ast.unparse(node.annotation)).group(1)
-            assert ast.literal_eval(node.value) in _module_constant(choices_name), node.target.id
+    for cls in (_module_class("MedFusionParameterNode"), *_packs().values()):
+        for name, node in _fields(cls).items():
+            if "Choice(" in ast.unparse(node.annotation):
+                choices_name = re.search(r"Choice\((\w+)\)", ast.unparse(node.annotation)).group(1)
+                assert _value(node.value) in getattr(choices, choices_name), (cls.name, name)
 
 
 def test_every_mrml_widget_receives_the_scene():
@@ -354,17 +455,27 @@ def test_train_section_is_collapsed_and_holds_the_training_widgets():
 def test_training_choices_match_the_logic():
     from MedFusionLib.engine.networks import NETWORKS
 
-    assert _module_constant("TRAINING_FAMILY_CHOICES") == list(_logic_core_constant("TRAINING_FAMILIES"))
-    assert set(_module_constant("TRAINING_FAMILY_CHOICES")) == set(NETWORKS)
-    assert _module_constant("TRAINING_SOURCE_CHOICES") == ["scene volumes", "folder"]
-    sizes = _module_constant("TRAINING_BLOCK_SIZE_CHOICES")
+    assert choices.TRAINING_FAMILY_CHOICES == list(choices.TRAINING_FAMILIES)
+    assert set(choices.TRAINING_FAMILY_CHOICES) == set(NETWORKS)
+    assert choices.TRAINING_SOURCE_CHOICES == ["scene volumes", "folder"]
+    sizes = choices.TRAINING_BLOCK_SIZE_CHOICES
     assert sizes[0] == "auto" and all(int(n) >= 2 and int(n) & (int(n) - 1) == 0 for n in sizes[1:])
+    assert set(choices.DEFAULT_TRAINING_BLOCK_SIZES) == set(choices.TRAINING_FAMILIES)
     # The iterations default is the logic's, in the parameter node and in the .ui spin box alike.
-    default = _logic_core_constant("DEFAULT_TRAINING_ITERATIONS")
-    cls = _module_class("MedFusionParameterNode")
-    field = next(n for n in cls.body if isinstance(n, ast.AnnAssign) and n.target.id == "trainingIterations")
-    assert ast.literal_eval(field.value) == default
+    default = choices.DEFAULT_TRAINING_ITERATIONS
+    field = _fields(_module_class("MedFusionParameterNode"))["trainingIterations"]
+    assert _value(field.value) == default
     assert _ui_property(_ui_widgets()["trainingIterationsSpinBox"], "value") == str(default)
+
+
+def test_widget_fusion_arguments_are_the_logic_prepare_parameters():
+    """What the widget passes to process()/prepare is what the logic accepts (all but the metric lists)."""
+    function = next(n for n in ast.walk(_module_class("MedFusionLogic"))
+                    if isinstance(n, ast.FunctionDef) and n.name == "argumentsFromParameterNode")
+    returned = next(n.value for n in ast.walk(function) if isinstance(n, ast.Return))
+    keys = {k.arg for k in returned.keywords}
+    accepted = set(_method_parameters("MedFusionLogicCore", "prepare"))
+    assert keys == accepted - {"metrics", "plotMetrics"}, accepted ^ keys
 
 
 def test_widget_training_arguments_are_the_logic_train_parameters():
@@ -373,7 +484,7 @@ def test_widget_training_arguments_are_the_logic_train_parameters():
                     if isinstance(n, ast.FunctionDef) and n.name == "trainingArgumentsFromParameterNode")
     returned = next(n.value for n in ast.walk(function) if isinstance(n, ast.Return))
     keys = {k.arg for k in returned.keywords}
-    accepted = set(_method_parameters(_logic_core_tree(), "MedFusionLogicCore", "prepareTraining"))
+    accepted = set(_method_parameters("MedFusionLogicCore", "prepareTraining"))
     assert keys | {"overwrite"} == accepted - {"seed"}, accepted ^ (keys | {"overwrite"})
 
 
@@ -387,16 +498,15 @@ def test_icon_is_a_128_pixel_png():
 
 
 def test_requirements_match_the_module_and_pyproject():
+    """requirements.txt + PyTorch (PyTorchUtils) + NumPy (shipped with Slicer) are exactly pyproject's dependencies."""
     lines = [ln.strip() for ln in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines()
              if ln.strip() and not ln.startswith("#")]
-    assert lines == list(_module_constant("PYTHON_REQUIREMENTS").values())
+    assert lines == dependencies.read_requirements() and dependencies.REQUIREMENTS_FILE == REQUIREMENTS_FILE
+    assert dependencies.module_requirements() == [*lines, dependencies.TORCH_REQUIREMENT]
     if tomllib is None:
         pytest.skip("tomllib needs Python 3.11")
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
-    for line in lines:
-        assert line in dependencies, f"{line} differs from pyproject.toml"
-    torch = next(d for d in dependencies if d.startswith("torch"))
-    assert _module_constant("MINIMUM_TORCH_VERSION") in torch
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    assert sorted(required) == sorted([*lines, dependencies.TORCH_REQUIREMENT, dependencies.NUMPY_REQUIREMENT])
 
 
 # ------------------------------------------------------------------------------------------ CMake and json

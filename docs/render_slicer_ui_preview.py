@@ -70,8 +70,8 @@ EXAMPLE_PATHS = {
     "trainingOutputModelPathLineEdit": "~/models/ct_mri_cnn.pt",
 }
 EXAMPLE_CHOICES = {
-    "modality1": "CT",
-    "modality2": "MRI",
+    "input1.modality": "CT",
+    "input2.modality": "MRI",
     "trainingSource": "folder",
 }
 
@@ -79,31 +79,35 @@ EXAMPLE_CHOICES = {
 # ------------------------------------------------------------------------------------------ the module's panel
 
 
-def _module_constants() -> dict[str, Any]:
-    """Module-level list constants of MedFusion.py (the GUI choices), read without importing Slicer."""
-    constants = {}
-    for node in ast.parse(MODULE_FILE.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            try:
-                constants[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    return constants
-
-
 def _parameter_choices() -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """Parameter name -> its Choice list, and parameter name -> its default, from MedFusionParameterNode."""
-    constants = _module_constants()
+    """Parameter name -> its Choice list, and parameter name -> its default, from MedFusionParameterNode.
+
+    The choice lists come from ``MedFusionSlicerLib.choices`` (importable without Slicer); the
+    parameter class is read from MedFusion.py's source, with the members of each ``@parameterPack``
+    (``FusionInput``) under their dotted names (``input1.modality``), as the .ui binds them.
+    """
+    sys.path.insert(0, str(MODULE_FILE.parent))
+    import MedFusionSlicerLib.choices as constants
+
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedFusionParameterNode")
-    choices, defaults = {}, {}
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign):
-            annotation = ast.unparse(node.annotation)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+
+    def members(cls: ast.ClassDef, prefix: str) -> None:
+        for node in cls.body:
+            if not isinstance(node, ast.AnnAssign):
+                continue
+            name, annotation = prefix + node.target.id, ast.unparse(node.annotation)
+            if annotation in classes:  # a parameter pack
+                members(classes[annotation], name + ".")
+                continue
             if "Choice(" in annotation:
-                choices[node.target.id] = constants[annotation.split("Choice(")[1].split(")")[0]]
-            if node.value is not None:
-                defaults[node.target.id] = ast.literal_eval(node.value)
+                choices[name] = getattr(constants, annotation.split("Choice(")[1].split(")")[0])
+            if node.value is not None:  # a literal, or a name from the choices module
+                value = node.value
+                defaults[name] = getattr(constants, value.id) if isinstance(value, ast.Name) else ast.literal_eval(value)
+
+    choices, defaults = {}, {}
+    members(classes["MedFusionParameterNode"], "")
     return choices, defaults
 
 

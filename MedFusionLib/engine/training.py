@@ -47,6 +47,42 @@ class Triplet:
     name: str = ""
 
 
+
+def slice_triplets(
+    inputs: Sequence[np.ndarray],
+    target: np.ndarray,
+    axis: int = 0,
+    name: str = "",
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> list[Triplet]:
+    """The 2D training cases of a volume triplet: one per slice along ``axis`` whose target is not constant.
+
+    A constant target slice (background at the ends of a scan) teaches nothing, so it is left out.
+
+    :param inputs: the K input volumes, standardised to [0, 1], one shape.
+    :param target: the target volume, standardised to [0, 1], same shape.
+    :param axis: the array axis to cut along.
+    :param name: prefix of each triplet's name (``"<name> slice <index>"``).
+    :param progress: ``progress(fraction, message)`` after every slice.
+    :param cancel: polled before every slice; raises :class:`TrainingCancelled`.
+    """
+    triplets = []
+    count = target.shape[axis]
+    prefix = f"{name} " if name else ""
+    for index in range(count):
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled("training cancelled (building the training slices)")
+        slice_target = np.take(target, index, axis=axis)
+        if float(np.ptp(slice_target)) > 0.0:
+            triplets.append(Triplet([np.take(a, index, axis=axis) for a in inputs], slice_target,
+                                    f"{prefix}slice {index}"))
+        if progress is not None:
+            progress((index + 1) / count, f"training slice {index + 1}/{count}")
+    return triplets
+
+
 class TripletDataset:
     """A list of :class:`Triplet`, checked once: same K everywhere, shapes agree, values finite.
 

@@ -17,7 +17,7 @@ each function's docstring for its formula, reference and conventions.
   :func:`relative_error` (REL), :func:`cross_entropy` (CE), :func:`conditional_entropy` (H).
 
 :func:`evaluate` computes a chosen set at once, sharing intermediate results between
-metrics; :func:`metrics_table` turns results into the tidy table the CLI, the
+metrics; :func:`evaluate_volume` scores a fused volume slice by slice; :func:`metrics_table` turns results into the tidy table the CLI, the
 experiments and the Slicer module share.
 
 The windowed and filtered metrics (FMI, Q0, QW, QE, Q^AB/F, SSIM, VIF, the histograms)
@@ -69,11 +69,12 @@ from .structural import (
     visual_information_fidelity,
     weighted_quality_index,
 )
+from .volume import VolumeScores, evaluate_volume
 
 __all__ = [
-    "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX", "ScoredGroup",
+    "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX", "ScoredGroup", "VolumeScores",
     "average_gradient", "conditional_entropy", "cross_entropy", "edge_dependent_quality_index",
-    "energy_of_gradient", "entropy", "evaluate", "feature_mutual_information", "fmi_backend", "format_table",
+    "energy_of_gradient", "entropy", "evaluate", "evaluate_volume", "feature_mutual_information", "fmi_backend", "format_table",
     "fusion_mutual_information", "gradient_based_quality_index", "mean_intensity", "metric_names", "metrics_backend",
     "metrics_table", "mutual_information", "peak_signal_to_noise_ratio", "relative_error",
     "root_mean_squared_error", "spatial_frequency", "ssim_to_sources", "standard_deviation",

@@ -15,11 +15,16 @@ loads the volumes into an MRML scene, fuses them with :class:`MedFusionLogicCore
 module's Fuse button runs), and writes ``OUTPUT_DIR/<case>_fused.nrrd`` (on the reference grid)
 and ``OUTPUT_DIR/<case>_metrics.csv`` (one row per metric). A case that fails is reported and
 skipped; the exit status is the number of failed cases (0: all fused).
+
+Before anything is read, the Python packages MedFusion needs are checked (``Resources/requirements.txt``,
+PyTorch, and outside Slicer NumPy and ``slicer-core``); when one is missing or too old the script
+prints one line naming them and the exact install command, and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,6 +40,23 @@ def _import_logic():
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         import MedFusionSlicerLib
     return MedFusionSlicerLib
+
+
+def dependency_problem(requirements: Optional[Sequence[str]] = None) -> Optional[str]:
+    """One line saying what to install, or None when every package the script needs is there.
+
+    :param requirements: what to check (default: what MedFusion needs here, in Slicer or outside it).
+    """
+    _import_logic()  # puts MedFusionSlicerLib on sys.path in a checkout
+    from MedFusionSlicerLib import dependencies
+
+    in_slicer = dependencies.in_slicer_application()
+    if requirements is None:
+        requirements = dependencies.batch_requirements(in_slicer)
+    unmet = dependencies.unmet_requirements(requirements)
+    if not in_slicer and importlib.util.find_spec("slicer") is None:  # the MRML library outside Slicer
+        unmet.append(dependencies.UnmetRequirement(dependencies.SLICER_CORE_REQUIREMENT, "slicer-core", None))
+    return dependencies.install_message(unmet, in_slicer) if unmet else None
 
 
 def _volumes(case: Path) -> list[Path]:
@@ -104,6 +126,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("output_dir", type=Path, help="where fused volumes and metric tables go")
     parser.add_argument("--method", default="default", help="default, a model file, or a baseline name")
     args = parser.parse_args(argv)
+    problem = dependency_problem()
+    if problem is not None:
+        raise SystemExit(problem)  # one line on stderr, exit status 1, nothing read
 
     import slicer
 
