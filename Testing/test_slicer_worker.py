@@ -28,7 +28,7 @@ if os.name != "posix":
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedFusion"))
 
-from MedFusionSlicerLib import BackgroundFusion, BackgroundTraining, MedFusionLogicCore, WorkerError  # noqa: E402
+from MedFusionSlicerLib import BackgroundFusion, BackgroundTraining, WorkerError  # noqa: E402
 from MedFusionSlicerLib.process import POOL  # noqa: E402
 
 from MedFusionLib.engine.model import FusionModel  # noqa: E402
@@ -36,6 +36,7 @@ from MedFusionLib.engine.rbm import TrainingCancelled  # noqa: E402
 from MedFusionLib.errors import InputError  # noqa: E402
 from MedFusionLib.fusion import FusionCancelled  # noqa: E402
 from MedFusionLib.io import read_image  # noqa: E402
+from test_slicer_logic import _scene_state, core, scene  # noqa: E402,F401 (the scene and logic fixtures)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "MedFusionLib" / "data" / "examples"
 _USLEEP = ctypes.PyDLL(None).usleep  # a C call that keeps the GIL while it sleeps
@@ -51,14 +52,6 @@ def _host(run, timeout: float = 120.0, until=None) -> float:
             break
         _USLEEP(TICK_US)
     return time.perf_counter() - start
-
-
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(True)
 
 
 @pytest.fixture
@@ -87,16 +80,6 @@ def job_folders(monkeypatch, tmp_path):
     root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(root))
     return lambda: sorted(p.name for p in root.iterdir() if p.name.startswith(("MedFusion-fusion", "MedFusion-training")))
-
-
-@pytest.fixture
-def core():
-    return MedFusionLogicCore()
-
-
-def _scene_state(scene) -> list[tuple[str, str]]:
-    return sorted((scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetClassName())
-                  for i in range(scene.GetNumberOfNodes()))
 
 
 def _alive(pid: int) -> bool:

@@ -228,7 +228,7 @@ class _BackgroundRun:
         self._started = self._finished = self._closed = self._cancelRequested = False
         self._terminatedAt: Optional[float] = None
         self._launchedAt = 0.0
-        #: Seconds from launching the worker to its imports being done (its fixed cost), once known.
+        #: Seconds from :meth:`start` to the worker taking the job (about 0 with a warm worker), once known.
         self.workerStartSeconds: Optional[float] = None
         #: Peak traced NumPy memory of the worker, when it was asked to trace it (``MEDFUSION_WORKER_TRACEMALLOC=1``).
         self.workerPeakTracedBytes: Optional[int] = None
@@ -349,8 +349,8 @@ class _BackgroundRun:
         if not self._finished:
             self._cancelRequested = True
         if self._process is not None:
-            reusable = self._finished and self._outcome is not None and (
-                self._outcome["event"] == "done" or self._outcome.get("type") == "InputError")
+            # The worker's closing report says whether it may serve again (a result, or an input it refused).
+            reusable = self._finished and self._outcome is not None and self._outcome.get("reusable") is True
             if reusable and not self._cancelRequested:
                 POOL.giveBack(self._process)
             else:

@@ -13,7 +13,7 @@ FOLDER is a private temporary folder holding:
 - ``worker.out``: the job's reports, one JSON object per line: ``{"event": "ready"}`` when the
   worker takes the job, ``{"event": "progress", "fraction": f, "message": m}`` per step, and one
   closing line, ``{"event": "done"}``, ``{"event": "cancelled"}`` or ``{"event": "error", "type":
-  ..., "message": ...}``; the parent reads it at each poll without ever blocking (a file, not a
+  ..., "message": ...}``, each with ``"reusable"`` (whether the worker may serve another job); the parent reads it at each poll without ever blocking (a file, not a
   pipe: reading it never waits, on every platform, and a slow reader never stalls the worker);
 - ``worker.err``: the traceback of an unexpected error;
 - ``cancel``: created by the parent to ask the worker to stop at its next check;
@@ -38,7 +38,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Optional
 
 import numpy as np
 
@@ -230,10 +230,14 @@ def run_job(folder: Path, startup_error: Optional[BaseException] = None, parent:
             stream.write(json.dumps(event) + "\n")
             stream.flush()
 
+        def close(reusable: bool, **event: Any) -> bool:
+            """The closing report, which also tells the parent whether this worker may serve again."""
+            emit(reusable=reusable, **event)
+            return reusable
+
         if startup_error is not None:
-            emit(event="error", type=type(startup_error).__name__,
-                 message=f"the worker could not start ({_one_line(startup_error)})")
-            return False
+            return close(False, event="error", type=type(startup_error).__name__,
+                         message=f"the worker could not start ({_one_line(startup_error)})")
         try:
             from .compute import compute_fusion, compute_training
 
@@ -249,19 +253,15 @@ def run_job(folder: Path, startup_error: Optional[BaseException] = None, parent:
                                   _StopSignals(folder, os.getppid() if parent is None else parent))
             del task  # the memory-mapped inputs: released before the next job
             write_result(folder, kind, computation)
-            emit(event="done", peak_traced_bytes=_traced_peak())
-            return True
+            return close(True, event="done", peak_traced_bytes=_traced_peak())
         except Cancelled as error:
-            emit(event="cancelled", message=str(error))
-            return False
+            return close(False, event="cancelled", message=str(error))
         except InputError as error:  # a refused input: the worker itself is fine
-            emit(event="error", type="InputError", message=" ".join(str(error).split()))
-            return True
+            return close(True, event="error", type="InputError", message=" ".join(str(error).split()))
         except Exception as error:
             with open(folder / STDERR_FILE, "a", encoding="utf-8") as log:
                 traceback.print_exc(file=log)  # shown only when asked for (MEDFUSION_DEBUG=1)
-            emit(event="error", type=type(error).__name__, message=_one_line(error))
-            return False
+            return close(False, event="error", type=type(error).__name__, message=_one_line(error))
 
 
 def _traced_peak() -> Optional[int]:
