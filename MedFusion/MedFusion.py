@@ -14,7 +14,7 @@ import logging
 import pathlib
 import sys
 import time
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import ctk
 import qt
@@ -57,6 +57,10 @@ from MedFusionSlicerLib.choices import (  # noqa: E402 (plain Python, once the p
 from MedFusionSlicerLib.dependencies import (  # noqa: E402 (standard library only)
     ensure_in_slicer, install_message, module_requirements, unmet_requirements,
 )
+from MedFusionSlicerLib.parameters import (  # noqa: E402 (plain Python)
+    fusion_arguments, fusion_inputs, fusion_problem, training_arguments, training_problem,
+)
+from MedFusionSlicerLib.run_controller import RunController  # noqa: E402 (plain Python: the widget hands it its Qt parts)
 
 
 #
@@ -184,92 +188,6 @@ class MedFusionParameterNode:
 
 
 #
-# RunController
-#
-
-
-class RunController:
-    """The Apply button, progress bar and status label of one kind of run (fusion or training).
-
-    ``start(run)`` turns the button into Cancel and polls the run every 100 ms on the GUI thread; once
-    it has ended, calls ``run.finish()`` (which writes the results) and hands ``(result, None)`` or
-    ``(None, exception)`` to ``onEnded``. ``close()`` abandons the run; ``onIdle`` follows any end.
-    """
-
-    def __init__(self, button, progressBar, statusLabel, applyText: str,
-                 onEnded: Callable[[Any, Optional[Exception]], None], onIdle: Callable[[], None]) -> None:
-        self.button, self.progressBar, self.statusLabel = button, progressBar, statusLabel
-        self.applyText, self.onEnded, self.onIdle = applyText, onEnded, onIdle
-        self.run = None
-        self.timer = qt.QTimer()
-        self.timer.setInterval(100)
-        self.timer.connect("timeout()", self._poll)
-        self.progressBar.setVisible(False)
-
-    @property
-    def running(self) -> bool:
-        return self.run is not None
-
-    def start(self, run, message: str, cancelToolTip: str) -> None:
-        self.run = run
-        self.button.text, self.button.toolTip, self.button.enabled = _("Cancel"), cancelToolTip, True
-        self.progressBar.value = 0
-        self.progressBar.setVisible(True)
-        self.statusLabel.text = message
-        self.timer.start()
-
-    def cancel(self) -> None:
-        """Ask the run to stop (returns at once); its ``finish()`` then raises ``Cancelled``."""
-        if self.run is not None:
-            self.run.cancel()
-            self.button.enabled = False
-            self.statusLabel.text = _("Cancelling...")
-
-    def close(self) -> None:
-        """Abandon the run (scene closing, module cleanup): its worker is stopped at once, nothing is written."""
-        run = self.run
-        self._stop()
-        if run is not None:
-            run.close()
-
-    def _stop(self) -> None:
-        self.timer.stop()
-        self.run = None
-        self.button.text = self.applyText
-        self.progressBar.setVisible(False)
-        self.onIdle()
-
-    def _poll(self) -> None:
-        run = self.run
-        if run is None:
-            return self.timer.stop()
-        fraction, message = run.progress
-        self.progressBar.value = int(round(100 * fraction))
-        if run.isRunning():
-            if not run.cancelRequested:
-                self.statusLabel.text = message
-            return
-        self._stop()
-        try:
-            result = run.finish()
-        except Exception as error:
-            return self.onEnded(None, error)
-        self.onEnded(result, None)
-
-    def reportError(self, error: Optional[Exception], cancelledText: str, failedText: str) -> bool:
-        """Show a cancel (status label) or a failure (and a dialog); False when ``error`` is None."""
-        if error is None:
-            return False
-        from MedFusionLib.errors import Cancelled
-
-        self.statusLabel.text = cancelledText if isinstance(error, Cancelled) else failedText
-        if not isinstance(error, Cancelled):
-            logging.error("MedFusion: %s", failedText, exc_info=error)
-            slicer.util.errorDisplay(f"{failedText}\n\n{error}")
-        return True
-
-
-#
 # MedFusionWidget
 #
 
@@ -298,9 +216,10 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)  # the .ui passes it on to every MRML widget
         self.logic = MedFusionLogic()
         self.fusion = RunController(self.ui.fuseButton, self.ui.progressBar, self.ui.statusLabel, _("Fuse"),
-                                    self._onFusionEnded, self._checkCanApply)
+                                    self._onFusionEnded, self._checkCanApply, qt.QTimer(), slicer.util.errorDisplay)
         self.training = RunController(self.ui.trainButton, self.ui.trainProgressBar, self.ui.trainStatusLabel,
-                                      _("Train"), self._onTrainingEnded, self._checkCanApply)
+                                      _("Train"), self._onTrainingEnded, self._checkCanApply, qt.QTimer(),
+                                      slicer.util.errorDisplay)
         # These connections ensure that we update parameter node when scene is closed
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -376,46 +295,12 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainingTargetVolumeSelector.setEnabled(bool(p) and not fromFolder)
         self.ui.trainingFolderPathLineEdit.setEnabled(fromFolder)
         for controller, problem, ready in (
-            (self.fusion, self._fusionProblem(p), _("Fuse the input volumes (runs in the background; click again to cancel)")),
-            (self.training, self._trainingProblem(p), _("Train a model (runs in the background; click again to cancel)")),
+            (self.fusion, fusion_problem(p, self.training.running), _("Fuse the input volumes (runs in the background; click again to cancel)")),
+            (self.training, training_problem(p, self.fusion.running), _("Train a model (runs in the background; click again to cancel)")),
         ):
             if not controller.running:  # a running controller's button is its Cancel button
                 controller.button.enabled = not problem
                 controller.button.toolTip = problem or ready
-
-    def _fusionProblem(self, p: Optional[MedFusionParameterNode]) -> str:
-        """Why Fuse cannot start now, or "" when it can."""
-        if not p or not p.input1.volume or not p.input2.volume:
-            return _("Select input volumes 1 and 2")
-        ids = [v.GetID() for v in MedFusionLogic.inputsFromParameterNode(p)[0]]
-        if len(set(ids)) != len(ids):
-            return _("Each input volume must be a different volume")
-        if p.outputVolume and p.outputVolume.GetID() in ids:
-            return _("The output volume must not be one of the inputs")
-        if p.method == "model file" and not (p.modelFile and p.modelFile.expanduser().is_file()):
-            return _("Choose a model file")
-        if self.training.running:  # both would share the CPU/GPU, and the model being trained is not there yet
-            return _("A model is being trained; wait for it or cancel it (Train section)")
-        return ""
-
-    def _trainingProblem(self, p: Optional[MedFusionParameterNode]) -> str:
-        """Why Train cannot start now, or "" when it can."""
-        if not p:
-            return _("No parameter node")
-        if p.trainingSource == "scene volumes":
-            if not p.input1.volume or not p.input2.volume:
-                return _("Select input volumes 1 and 2 (Inputs section) to learn from")
-            if not p.trainingTargetVolume:
-                return _("Select the target volume: the ideal fused volume of the inputs")
-            if p.trainingTargetVolume.GetID() in {v.GetID() for v in MedFusionLogic.inputsFromParameterNode(p)[0]}:
-                return _("The target volume must not be one of the inputs")
-        elif not (p.trainingFolder and p.trainingFolder.expanduser().exists()):
-            return _("Choose a folder of training cases")
-        if not p.trainingOutputModel or p.trainingOutputModel.suffix.lower() != ".pt":
-            return _("Choose the model file to write (.pt)")
-        if self.fusion.running:
-            return _("A fusion is running; wait for it or cancel it")
-        return ""
 
     def onFuseButton(self) -> None:
         """Fuse when the button reads Fuse; cancel the running fusion when it reads Cancel."""
@@ -519,47 +404,10 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         """
         return ensure_in_slicer(askConfirmation)
 
-    @staticmethod
-    def inputsFromParameterNode(p: MedFusionParameterNode) -> tuple:
-        """The chosen input volumes, in order with gaps skipped, and their modalities (None: automatic)."""
-        chosen = [i for i in (p.input1, p.input2, p.input3, p.input4) if i.volume is not None]
-        return [i.volume for i in chosen], [None if i.modality == "auto" else i.modality for i in chosen]
-
-    @staticmethod
-    def argumentsFromParameterNode(p: MedFusionParameterNode) -> dict:
-        """Translate the GUI's parameters into :meth:`process` / core arguments."""
-        volumes, modalities = MedFusionLogic.inputsFromParameterNode(p)
-        return dict(
-            inputVolumeNodes=volumes, outputVolumeNode=p.outputVolume, targetVolumeNode=p.targetVolume,
-            method=str(p.modelFile) if p.method == "model file" else p.method,
-            axis=SLICE_AXIS_CHOICES.index(p.sliceAxis),
-            blockSize=None if p.blockSize == "whole slice" else int(p.blockSize),
-            device=p.device, resampleToFirst=p.resampleToFirst, modalities=modalities,
-            metricsTableNode=p.metricsTable if p.computeMetrics else None,
-            sliceTableNode=p.sliceTable if p.computeMetrics else None,
-            plotChartNode=p.plotChart if p.computeMetrics else None,
-            register=None if p.registration == "none" else p.registration,
-            denoise=None if p.denoise == "none" else p.denoise,
-            computeMetrics=p.computeMetrics,
-        )
-
-    @staticmethod
-    def trainingArgumentsFromParameterNode(p: MedFusionParameterNode) -> dict:
-        """Translate the Train section's parameters (and the inputs, slice axis, device and resampling
-        of the other sections) into :meth:`train` / core arguments."""
-        fromFolder = p.trainingSource == "folder"
-        volumes, modalities = MedFusionLogic.inputsFromParameterNode(p)
-        return dict(
-            outputModelPath=str(p.trainingOutputModel) if p.trainingOutputModel else None,
-            inputVolumeNodes=None if fromFolder else volumes,
-            targetVolumeNode=None if fromFolder else p.trainingTargetVolume,
-            trainingData=str(p.trainingFolder) if fromFolder and p.trainingFolder else None,
-            family=p.trainingFamily, iterations=p.trainingIterations,
-            blockSize=None if p.trainingBlockSize == "auto" else int(p.trainingBlockSize),
-            axis=SLICE_AXIS_CHOICES.index(p.sliceAxis), device=p.device,
-            resampleToFirst=False if fromFolder else p.resampleToFirst,
-            modalities=None if fromFolder else modalities,
-        )
+    # The parameter node as logic arguments (MedFusionSlicerLib.parameters, tested on a real scene).
+    inputsFromParameterNode = staticmethod(fusion_inputs)
+    argumentsFromParameterNode = staticmethod(fusion_arguments)
+    trainingArgumentsFromParameterNode = staticmethod(training_arguments)
 
     @staticmethod
     def _refuseCallbacks(kwargs: dict) -> None:

@@ -253,3 +253,39 @@ def test_a_worker_serves_again_after_success_and_is_replaced_after_a_cancel(exam
     assert third.pid != second.pid and not _alive(second.pid)
     _host(third)
     assert third.finish().outputVolumeNode is not None and job_folders() == []
+
+
+# ------------------------------------------------------------------------------ where the files go
+
+
+def test_exchange_files_go_to_ram_only_with_room_and_no_chosen_temporary_folder(monkeypatch, tmp_path):
+    from MedFusionSlicerLib import process
+
+    memory = tmp_path / "shm"
+    memory.mkdir()
+    monkeypatch.setattr(process, "MEMORY_FOLDER", memory)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.delenv("TMPDIR", raising=False)
+    free = process.shutil.disk_usage(memory).free
+    assert process.exchange_root(free // 4) == str(memory)
+    assert process.exchange_root(free // 2) is None  # not room for it three times over: the usual folder
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert process.exchange_root(1) is None  # the user chose a temporary folder
+    monkeypatch.delenv("TMPDIR")
+    monkeypatch.setattr(process, "MEMORY_FOLDER", tmp_path / "absent")
+    assert process.exchange_root(1) is None
+
+
+def test_a_run_through_the_ram_folder_leaves_nothing_there(monkeypatch, tmp_path, example_volumes, core):
+    from MedFusionSlicerLib import process
+
+    memory = tmp_path / "shm"
+    memory.mkdir()
+    monkeypatch.setattr(process, "MEMORY_FOLDER", memory)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.delenv("TMPDIR", raising=False)
+    run = BackgroundFusion(core, core.prepare(example_volumes, method="average", computeMetrics=False)).start()
+    assert [p.name.startswith("MedFusion-fusion-") for p in memory.iterdir()] == [True]
+    _host(run)
+    assert run.finish().outputVolumeNode is not None
+    assert list(memory.iterdir()) == []
