@@ -76,7 +76,7 @@ from .fusion import (
     unit_to_uint8,
 )
 from .io import LoadedImage, PathLike, atomic_output, read_image, remove_stale_temporaries, write_image
-from .metrics import METRICS, evaluate, table_to_csv
+from .metrics import METRICS, evaluate, evaluate_volume, table_to_csv
 from .preprocessing import MODALITIES, split_luminance
 
 if TYPE_CHECKING:
@@ -452,6 +452,10 @@ class BatchRow:
         return row
 
 
+#: The metrics whose means :meth:`BatchReport.summary` prints (the headline six of the quality study).
+SUMMARY_METRICS = ("QABF", "MI", "VIF", "SSIM_S", "QW", "SF")
+
+
 @dataclass
 class BatchReport:
     """Everything :func:`run_batch` did, also written as ``batch_report.csv``.
@@ -493,6 +497,30 @@ class BatchReport:
         """The report as rows of identical keys (``name,status,seconds,output,error`` + metrics)."""
         columns = self.metric_columns
         return [row.as_dict(columns) for row in self.rows]
+
+    def summary(self) -> str:
+        """A few lines for a console: counts, fusion time, the headline metrics' means, failures, the CSV."""
+        fused = [row.seconds for row in self.rows if row.status == DONE and row.seconds is not None]
+        lines = [f"{len(self.rows)} case(s): {self.done} fused, {self.skipped} skipped (output already there), "
+                 f"{self.failed} failed" + (" -- cancelled before the end" if self.cancelled else "")
+                 + (f"; fusion time {sum(fused):.1f} s" if fused else "")]
+        means = []
+        for key in SUMMARY_METRICS:
+            values = [row.metrics[key] for row in self.rows
+                      if key in row.metrics and row.metrics[key] is not None and math.isfinite(row.metrics[key])]
+            if values:
+                means.append(f"{METRICS[key].label} {float(np.mean(values)):.4g}")
+        if means:
+            scored = sum(1 for row in self.rows if row.metrics)
+            lines.append(f"mean over {scored} scored case(s): " + ", ".join(means))
+        failures = [row for row in self.rows if row.status == FAILED]
+        for row in failures[:5]:
+            lines.append(f"failed: {row.name}: {row.error}")
+        if len(failures) > 5:
+            lines.append(f"... and {len(failures) - 5} more failed (see the report)")
+        if self.path is not None:
+            lines.append(f"report: {self.path}")
+        return "\n".join(lines)
 
 
 class BatchCancelled(FusionCancelled):
@@ -670,9 +698,13 @@ def _as_unit_luminance(image: LoadedImage, modality: str | None, name: str) -> n
 
 
 def _group_metrics(
-    written: np.ndarray, inputs: Sequence[LoadedImage], target: LoadedImage | None, group: Group
+    written: np.ndarray, inputs: Sequence[LoadedImage], target: LoadedImage | None, group: Group, axis: int = 0
 ) -> dict[str, float]:
     """Metrics of the fused image as written, against the standardised inputs (and target).
+
+    A volume is scored slice by slice along the axis it was fused along, and its value is the
+    mean over the slices that hold signal (:func:`~MedFusionLib.metrics.evaluate_volume`, the
+    function the Slicer module's per-slice table uses too).
 
     All images are put on [0, 1] first (the written uint8 divided by 255, the inputs
     standardised exactly as fusion standardises them), because the metrics map the
@@ -680,8 +712,13 @@ def _group_metrics(
     sources would squash one of them. Scoring the written (quantised) image rather
     than the float result makes a resumed run's metrics equal an uninterrupted run's.
     """
-    fused = to_unit_range(written, None, "fused image")
     modalities = group.modalities or (None,) * len(inputs)
+    if np.asarray(written).ndim == 3:
+        return evaluate_volume(
+            written, [image.array for image in inputs],
+            target.array if target is not None else None, axis=axis, modalities=list(modalities),
+        ).metrics
+    fused = to_unit_range(written, None, "fused image")
     sources = [_as_unit_luminance(image, modalities[i], f"input {i + 1}") for i, image in enumerate(inputs)]
     reference = _as_unit_luminance(target, None, "target") if target is not None else None
     return evaluate(fused, sources, reference)
@@ -743,11 +780,12 @@ def run_batch(
     written for it, and the batch goes on. Problems of the batch as a whole (bad
     model, output folder, an output that would be an input) raise at once.
 
-    Metrics (``metrics=True``, 2D groups only; volumes get none): :func:`~MedFusionLib.metrics.evaluate`
-    of the fused image *as written*, scaled to [0, 1], against the inputs standardised to [0, 1]
-    as fusion does (colour inputs: luminance) and the standardised target if any; all images
-    are on [0, 1] because the metrics map intensities jointly. A metrics failure leaves the
-    group ``"done"`` with the problem in ``error``.
+    Metrics (``metrics=True``): :func:`~MedFusionLib.metrics.evaluate` of the fused image *as
+    written*, scaled to [0, 1], against the inputs standardised to [0, 1] as fusion does (colour
+    inputs: luminance) and the standardised target if any; all images are on [0, 1] because the
+    metrics map intensities jointly. A volume is scored slice by slice along the fusion axis
+    (:func:`~MedFusionLib.metrics.evaluate_volume`): the mean over the slices that hold signal.
+    A metrics failure leaves the group ``"done"`` with the problem in ``error``.
 
     Report: ``batch_report.csv`` (columns :data:`REPORT_COLUMNS`, then the metric keys in
     registry order; empty cells where a value does not apply) is written atomically at the
@@ -759,7 +797,7 @@ def run_batch(
     :param output_format: output extension (:data:`OUTPUT_FORMATS`); default ``".png"`` for 2D
         groups and ``".nii.gz"`` for 3D groups (chosen per group from the first input's header).
     :param overwrite: re-fuse and replace existing outputs instead of skipping those groups.
-    :param metrics: compute the fusion-quality metrics of 2D groups into the report.
+    :param metrics: compute the fusion-quality metrics of every group into the report.
     :param progress: ``progress(fraction of the whole batch, message)``.
     :param cancel: ``cancel.is_set()`` is checked before each group, inside volume fusion
         and before writing; when set, the report of the groups finished so far is written,
@@ -870,7 +908,7 @@ def _run_group(
         ext = extension or (_DEFAULT_2D_FORMAT if dimension == 2 else _DEFAULT_3D_FORMAT)
         output, colour_output = _fused_paths(folder, group.name, ext)
         if output.exists() and not overwrite:
-            return _skipped_row(group, output, dimension, want_metrics, previous)
+            return _skipped_row(group, output, want_metrics, previous, fuse_kwargs.get("axis", 0))
         inputs = [read_image(p) for p in group.inputs]
         for i, image in enumerate(inputs[1:], start=2):
             if image.dimension != inputs[0].dimension:
@@ -878,7 +916,7 @@ def _run_group(
                     f"{group.inputs[i - 1]}: {image.dimension}D, but input 1 is {inputs[0].dimension}D"
                 )
         # Read the target before fusing, so a bad target fails the group with nothing written.
-        target = read_image(group.target) if (want_metrics and group.target and dimension == 2) else None
+        target = read_image(group.target) if (want_metrics and group.target) else None
         if inputs[0].dimension == 2:
             result = fuse(inputs, model=method, **_kwargs_for(_FUSE_2D_KEYS, fuse_kwargs, group))
             if cancel is not None and cancel.is_set():
@@ -901,7 +939,7 @@ def _run_group(
                 raise FusionCancelled("fusion cancelled")
             write_image(volume, output, reference=inputs[0], overwrite=overwrite, protected_paths=protected)
             written.append(output)
-            stored = None
+            stored = volume.array  # float32, stored as is
     except FusionCancelled:
         for path in written:
             _remove_quietly(path)
@@ -911,23 +949,23 @@ def _run_group(
             _remove_quietly(path)
         return BatchRow(group.name, FAILED, None, None, _one_line(exc))
     row = BatchRow(group.name, DONE, seconds, output)
-    if want_metrics and stored is not None:
+    if want_metrics:
         try:
-            row.metrics = _group_metrics(stored, inputs, target, group)
+            row.metrics = _group_metrics(stored, inputs, target, group, fuse_kwargs.get("axis", 0))
         except Exception as exc:  # noqa: BLE001 -- the output is fine; only its scores are missing
             row.error = f"metrics: {_one_line(exc)}"
     return row
 
 
 def _skipped_row(
-    group: Group, output: Path, dimension: int, want_metrics: bool, previous: Mapping[str, str] | None
+    group: Group, output: Path, want_metrics: bool, previous: Mapping[str, str] | None, axis: int
 ) -> BatchRow:
     """Row of a group whose output exists: earlier seconds/metrics carried over, else recomputed."""
     row = BatchRow(group.name, SKIPPED, None, output)
     usable = previous is not None and previous.get("status") in (DONE, SKIPPED) and previous.get("output") == str(output)
     if usable:
         row.seconds = _float_or_none(previous.get("seconds"))
-    if not want_metrics or dimension != 2:
+    if not want_metrics:
         return row
     if usable:
         carried = {k: _float_or_none(previous.get(k)) for k in METRICS if previous.get(k, "") != ""}
@@ -937,7 +975,7 @@ def _skipped_row(
     try:
         inputs = [read_image(p) for p in group.inputs]
         target = read_image(group.target) if group.target else None
-        row.metrics = _group_metrics(read_image(output).array, inputs, target, group)
+        row.metrics = _group_metrics(read_image(output).array, inputs, target, group, axis)
     except Exception as exc:  # noqa: BLE001 -- the output exists; only its scores are missing
         row.error = f"metrics: {_one_line(exc)}"
     return row

@@ -117,8 +117,8 @@ def command_batch(args: argparse.Namespace) -> int:
     report = run_batch(groups, args.output, model=args.method, overwrite=args.overwrite,
                        metrics=not args.no_metrics, progress=bar, block_size=args.block_size, device=args.device)
     bar.close()
-    print(report.summary() if hasattr(report, "summary") else report)
-    return 0 if not getattr(report, "failed", 0) else 1
+    print(report.summary())
+    return 0 if not report.failed else 1
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -190,7 +190,11 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    """Score a fused image against its sources (and a target): metrics as CSV."""
+    """Score a fused image (or volume) against its sources (and a target): metrics as CSV.
+
+    Volumes are scored slice by slice along --axis: one row per slice that holds signal, after
+    a first row with the mean over those slices (MedFusionLib.metrics.evaluate_volume).
+    """
     from .io import read_image
     from .metrics import evaluate, format_table, metrics_table, table_to_csv
 
@@ -198,16 +202,45 @@ def command_evaluate(args: argparse.Namespace) -> int:
     sources = [read_image(path) for path in args.sources]
     target = read_image(args.target) if args.target else None
     images = [fused, *sources] + ([target] if target else [])
-    if any(image.dimension != 2 for image in images):
-        raise MedFusionError("evaluate: metrics are 2D; give 2D images (score volumes slice by slice)")
-    values = evaluate(fused.array, [s.array for s in sources], target.array if target else None,
-                      metrics=args.metrics.split(",") if args.metrics else None)
-    rows = metrics_table({Path(args.fused).name: values})
+    dimensions = {image.dimension for image in images}
+    if len(dimensions) > 1:
+        shapes = ", ".join(f"{Path(p).name} {i.dimension}D" for p, i in
+                           zip([args.fused, *args.sources, *([args.target] if args.target else [])], images))
+        raise MedFusionError(f"evaluate: give 2D images or 3D volumes, not both ({shapes})")
+    metrics = args.metrics.split(",") if args.metrics else None
+    name = Path(args.fused).name
+    if dimensions == {3}:
+        rows = _volume_rows(name, fused, sources, target, metrics, args.axis)
+    else:
+        values = evaluate(fused.array, [s.array for s in sources], target.array if target else None, metrics=metrics)
+        rows = metrics_table({name: values})
     if args.output:
         table_to_csv(rows, args.output)
         print(f"wrote {args.output}")
     print(format_table(rows) if not args.output or args.verbose else "", end="\n" if not args.output or args.verbose else "")
     return 0
+
+
+def _volume_rows(name: str, fused, sources: list, target, metrics, axis: int) -> list[dict]:
+    """The volume's mean row, then one row per slice that holds signal (skipped slices are left out)."""
+    import math
+
+    from .metrics import evaluate_volume, metrics_table
+
+    for label, image in [*((f"source {i + 1}", s) for i, s in enumerate(sources)), ("target", target)]:
+        if image is not None and not image.geometry_matches(fused):
+            raise MedFusionError(f"evaluate: {label} is not on the fused volume's grid (shape, spacing, origin or "
+                                 "direction differ); resample it onto the fused volume first")
+    scores = evaluate_volume(fused.array, [s.array for s in sources],
+                             target.array if target is not None else None, metrics, axis=axis)
+    kept = [i for i in range(len(scores.slice_indices))
+            if not all(math.isnan(v[i]) for v in scores.slice_metrics.values())]
+    if not kept:
+        raise MedFusionError("evaluate: no slice holds signal in any source (every slice is constant)")
+    results = {f"{name} (mean of {len(kept)} slices)": scores.metrics}
+    results.update({f"{name} slice {'KJI'[axis]}={int(scores.slice_indices[i])}":
+                    {k: float(v[i]) for k, v in scores.slice_metrics.items()} for i in kept})
+    return metrics_table(results)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -253,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("source", help="manifest CSV (name,input_1,input_2,...[,target]) or a folder of case folders")
     batch.add_argument("-o", "--output", required=True, help="output folder (a re-run skips finished outputs)")
     batch.add_argument("--overwrite", action="store_true", help="redo finished outputs")
-    batch.add_argument("--no-metrics", action="store_true", help="skip the metrics of 2D groups")
+    batch.add_argument("--no-metrics", action="store_true", help="skip the metrics (volumes: scored slice by slice)")
     add_method_options(batch)
     batch.set_defaults(handler=command_batch)
 
@@ -273,11 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=command_train)
 
-    evaluate = sub.add_parser("evaluate", help="fusion metrics of a fused image, as CSV",
+    evaluate = sub.add_parser("evaluate", help="fusion metrics of a fused image or volume, as CSV",
                               description=command_evaluate.__doc__)
     evaluate.add_argument("fused", help="the fused image")
     evaluate.add_argument("sources", nargs="+", help="the source images it was fused from")
     evaluate.add_argument("--target", help="a target image (enables RMSE, PSNR, SSIM, REL, CE, H)")
+    evaluate.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
+                          help="volumes: the array axis to score slices along (default 0)")
     evaluate.add_argument("--metrics", help="comma-separated metric keys (default: all that apply)")
     evaluate.add_argument("-o", "--output", help="CSV file to write")
     evaluate.add_argument("-v", "--verbose", action="store_true", help="also print the table when writing CSV")

@@ -28,7 +28,7 @@ from MedFusionLib.batch import (
 from MedFusionLib.errors import InputError
 from MedFusionLib.fusion import FusionCancelled, fuse, fuse_volume
 from MedFusionLib.io import read_image
-from MedFusionLib.metrics import METRICS
+from MedFusionLib.metrics import evaluate_volume, metric_names
 
 METHOD = "laplacian"
 SPACING_3D = (0.8, 0.9, 2.5)
@@ -237,13 +237,13 @@ def test_2d_batch_outputs_report_and_metrics(tmp_path: Path) -> None:
         expected = fuse([read_image(p) for p in group.inputs], model=METHOD).image
         np.testing.assert_array_equal(written.array, np.rint(expected * 255).astype(np.uint8))
         assert row.seconds is not None and row.seconds > 0
-        assert set(row.metrics) == set(METRICS)  # a target enables the target metrics too
+        assert set(row.metrics) == set(metric_names())  # a target enables the target metrics too
         assert all(math.isfinite(v) for v in row.metrics.values())
     rows = _read_report(out)
     assert list(rows[0])[:5] == ["name", "status", "seconds", "output", "error"]
-    assert set(METRICS) <= set(rows[0])
+    assert set(metric_names()) <= set(rows[0])
     assert [r["status"] for r in rows] == ["done", "done"]
-    assert all(math.isfinite(float(r[k])) for r in rows for k in METRICS)
+    assert all(math.isfinite(float(r[k])) for r in rows for k in metric_names())
     assert all(float(r["seconds"]) > 0 for r in rows)
     assert {p: _digest(p) for p in before} == before  # inputs untouched
 
@@ -274,8 +274,18 @@ def test_3d_batch_keeps_first_input_geometry(tmp_path: Path) -> None:
         expected = fuse_volume([read_image(p) for p in group.inputs], model=METHOD)
         np.testing.assert_allclose(fused.array, expected.array, atol=1e-6)
         assert row.seconds is not None and row.seconds > 0
-        assert row.metrics == {}  # metrics are 2D only
-    assert [r["status"] for r in _read_report(out)] == ["done", "done"]
+        # volumes are scored slice by slice, as the Slicer module and `medfusion evaluate` do
+        scores = evaluate_volume(fused.array, [read_image(p).array for p in group.inputs])
+        assert set(row.metrics) == set(metric_names("fused")) | set(metric_names("sources"))
+        assert row.metrics == pytest.approx(scores.metrics, rel=1e-6)
+    rows = _read_report(out)
+    assert [r["status"] for r in rows] == ["done", "done"] and all(r["QABF"] != "" for r in rows)
+    # a re-run skips both and carries their metrics over; the summary says so in words
+    again = run_batch(groups, out, METHOD, batch_size=4)
+    assert again.skipped == 2 and again.rows[0].metrics == pytest.approx(report.rows[0].metrics, rel=1e-5)
+    summary = again.summary().splitlines()
+    assert summary[0].startswith("2 case(s): 0 fused, 2 skipped") and "Q^AB/F" in summary[1]
+    assert summary[-1] == f"report: {again.path}"
 
 
 def test_failed_groups_do_not_stop_the_batch(tmp_path: Path) -> None:
@@ -454,3 +464,16 @@ def test_manifest_accepts_a_dicom_series_folder(tmp_path: Path) -> None:
     assert groups_from_manifest(manifest)[0].inputs[0] == (tmp_path / "series").resolve()
     report = run_batch(groups_from_manifest(manifest), tmp_path / "out", METHOD)
     assert report.rows[0].status == "failed" and "holds no DICOM series" in report.rows[0].error
+
+
+def test_cli_batch_ends_with_a_readable_summary(tmp_path: Path, capsys) -> None:
+    from MedFusionLib.cli import main
+
+    groups = _groups_2d(tmp_path / "in", 2)
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("name,input_1,input_2\n" + "".join(f"{g.name},{g.inputs[0]},{g.inputs[1]}\n" for g in groups))
+    assert main(["batch", str(manifest), "-o", str(tmp_path / "out"), "--method", "average", "-q"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0].startswith("2 case(s): 2 fused, 0 skipped (output already there), 0 failed; fusion time ")
+    assert printed[1].startswith("mean over 2 scored case(s): Q^AB/F ") and "BatchReport(" not in "".join(printed)
+    assert printed[-1] == f"report: {tmp_path / 'out' / REPORT_NAME}"

@@ -240,6 +240,22 @@ def test_cli_fuses_volumes_with_geometry(tmp_path, volumes):
     assert main(["fuse", *map(str, paths), "-o", str(out), "-q"]) == 0
     fused = read_image(out)
     assert fused.geometry_matches(read_image(paths[0]))
+    # evaluate scores volumes slice by slice: the mean row first, then one row per slice with signal
+    csv = tmp_path / "volume_metrics.csv"
+    assert main(["evaluate", str(out), *map(str, paths), "-o", str(csv)]) == 0
+    lines = csv.read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "image" and "QABF" in header and "QABF_LIU" not in header
+    assert lines[1].startswith(f"fused.nii.gz (mean of {len(lines) - 2} slices)")
+    assert all(line.startswith("fused.nii.gz slice K=") for line in lines[2:]) and len(lines) > 3
+    from MedFusionLib.metrics import evaluate_volume
+
+    expected = evaluate_volume(fused.array, [v.array for v in volumes]).metrics
+    column = header.index("QABF")
+    assert float(lines[1].split(",")[column]) == pytest.approx(expected["QABF"], rel=1e-5)
+    # a 2D image next to volumes is one clear error
+    flat = write_image(LoadedImage.from_array(np.zeros((8, 8), np.float32)), tmp_path / "flat.nii.gz")
+    assert main(["evaluate", str(out), str(paths[0]), str(flat)]) == 2
 
 
 def test_cli_demo_runs(tmp_path, capsys):

@@ -24,6 +24,7 @@ from MedFusionLib.metrics import (
     format_table,
     fusion_mutual_information,
     gradient_based_quality_index,
+    gradient_based_quality_index_liu,
     mean_intensity,
     metric_names,
     metrics_table,
@@ -41,7 +42,7 @@ from MedFusionLib.metrics import (
     visual_information_fidelity,
     weighted_quality_index,
 )
-from MedFusionLib.metrics.structural import QABF_CONSTANTS
+from MedFusionLib.metrics.qabf import QABF_CONSTANTS, QABF_LIU_CONSTANTS
 
 RNG = np.random.default_rng(20261121)
 
@@ -59,11 +60,10 @@ B = phantom(seed=2)
 F = ((A.astype(float) + B) / 2).astype(np.uint8)
 T = np.maximum(A, B)
 
-# The top value of Q^AB/F allowed by Petrovic's constants (G = 1, A = 1).
+# The top value of VIFB's Q^AB/F: equal strengths give G = g_F (large), so the strength sigmoid
+# reaches gamma_g; equal orientations give A = 1.
 c = QABF_CONSTANTS
-QABF_MAX = c["gamma_g"] / (1 + math.exp(c["k_g"] * (1 - c["d_g"]))) * c["gamma_a"] / (
-    1 + math.exp(c["k_a"] * (1 - c["d_a"]))
-)
+QABF_MAX = c["gamma_g"] * c["gamma_a"] / (1 + math.exp(c["k_a"] * (1 - c["d_a"])))
 
 
 # ------------------------------------------------------------------ intensity scale
@@ -143,17 +143,19 @@ def test_statistics_hand_values():
     image = np.array([[0, 10], [20, 30]], dtype=np.uint8)
     assert mean_intensity(image) == pytest.approx(15.0)
     assert standard_deviation(image) == pytest.approx(np.sqrt(125.0))  # population, ddof = 0
-    assert spatial_frequency(image) == pytest.approx(np.sqrt(10**2 + 20**2))
-    assert average_gradient(image) == pytest.approx(np.sqrt((10**2 + 20**2) / 2))
+    # VIFB: RF^2 = (10^2 + 10^2) / 4 and CF^2 = (20^2 + 20^2) / 4, sums over M x N pixels.
+    assert spatial_frequency(image) == pytest.approx(np.sqrt((2 * 10**2 + 2 * 20**2) / 4))
+    # VIFB: every pixel's (one-sided here) gradient, summed over 4 pixels, over (2-1)(2-1).
+    assert average_gradient(image) == pytest.approx(4 * np.sqrt((10**2 + 20**2) / 2))
     assert energy_of_gradient(image) == pytest.approx(10**2 + 20**2)
     checker = (np.indices((6, 6)).sum(axis=0) % 2 * 255).astype(np.uint8)
-    assert spatial_frequency(checker) == pytest.approx(255 * np.sqrt(2))
+    assert spatial_frequency(checker) == pytest.approx(255 * np.sqrt(2 * 5 / 6))  # 30 pairs per axis / 36
 
 
-def test_spatial_frequency_of_a_ramp_does_not_depend_on_size():
+def test_spatial_frequency_of_a_ramp_divides_by_the_pixels_not_the_pairs():
     for width in (5, 40, 200):
         ramp = np.tile(np.arange(width, dtype=np.uint8) * 1, (7, 1))
-        assert spatial_frequency(ramp) == pytest.approx(1.0)
+        assert spatial_frequency(ramp) == pytest.approx(np.sqrt((width - 1) / width))  # VIFB's M x N
         assert energy_of_gradient(ramp) == pytest.approx(1.0)
 
 
@@ -162,7 +164,7 @@ def test_one_pixel_and_one_row_images():
     for function in (spatial_frequency, average_gradient, energy_of_gradient, entropy, standard_deviation):
         assert function(pixel) == 0.0
     row = np.array([[0, 10, 20]], dtype=np.uint8)
-    assert spatial_frequency(row) == pytest.approx(10.0)
+    assert spatial_frequency(row) == pytest.approx(10.0 * np.sqrt(2 / 3))
     assert average_gradient(row) == 0.0
 
 
@@ -261,16 +263,49 @@ def test_q0_matches_the_sliding_window_definition():
     assert universal_quality_index(f, [a, b]) == pytest.approx(expected)
 
 
-def test_qw_matches_piellas_definition():
-    a, b, f = (x[:13, :15].astype(float) for x in (A, B, F))
+def _gaussian_window() -> np.ndarray:
+    """MATLAB's ``fspecial('gaussian', 11, 1.5)``, written out."""
+    x = np.arange(-5, 6)
+    window = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 1.5**2))
+    return window / window.sum()
+
+
+def _peilla_qw(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+    """metricPeilla.m case 2 as a plain loop over the 'valid' 11x11 windows (ssim_index.m's statistics)."""
+    w = _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     numerator = denominator = 0.0
-    for w in _windows(f.shape):
-        sa, sb = a[w].var(), b[w].var()
-        weight = max(sa, sb)
-        lam = sa / (sa + sb) if sa + sb > 0 else 0.5
-        numerator += weight * (lam * _q_index(a[w], f[w]) + (1 - lam) * _q_index(b[w], f[w]))
-        denominator += weight
-    assert weighted_quality_index(f, [a, b]) == pytest.approx(numerator / denominator)
+    for i in range(f.shape[0] - 10):
+        for j in range(f.shape[1] - 10):
+            x = [img[i : i + 11, j : j + 11] for img in (a, b, f)]
+            mean = [float(np.sum(w * v)) for v in x]
+            var = [float(np.sum(w * v * v)) - m * m for v, m in zip(x, mean)]
+            ssim = [((2 * mean[2] * mean[k] + c1) * (2 * (float(np.sum(w * x[2] * x[k])) - mean[2] * mean[k]) + c2))
+                    / ((mean[2] ** 2 + mean[k] ** 2 + c1) * (var[2] + var[k] + c2)) for k in (0, 1)]
+            sa, sb = var[0], var[1]
+            if sa + sb == 0:
+                sa = sb = 0.5
+            weight = max(sa, sb)
+            numerator += weight * (sa / (sa + sb) * ssim[0] + sb / (sa + sb) * ssim[1])
+            denominator += weight
+    return numerator / denominator
+
+
+def test_qw_matches_a_plain_loop_over_liu_s_windows():
+    a, b, f = (x[10:27, 5:24].astype(float) for x in (A, B, F))
+    assert weighted_quality_index(f, [a, b]) == pytest.approx(_peilla_qw(a, b, f), rel=1e-10)
+
+
+def test_qe_is_qw_times_qw_of_the_prewitt_edge_images():
+    from scipy import ndimage
+
+    def edges(x):
+        x = x.astype(float)
+        return np.hypot(ndimage.prewitt(x, axis=1, mode="constant"), ndimage.prewitt(x, axis=0, mode="constant"))
+
+    a, b, f = (x[10:27, 5:24] for x in (A, B, F))
+    expected = _peilla_qw(*(x.astype(float) for x in (a, b, f))) * _peilla_qw(edges(a), edges(b), edges(f))
+    assert edge_dependent_quality_index(f, [a, b]) == pytest.approx(expected, rel=1e-10)
 
 
 def test_quality_indices_identities_and_ranges():
@@ -280,36 +315,33 @@ def test_quality_indices_identities_and_ranges():
         assert -1.0 <= function(F, [A, B]) <= 1.0
     assert universal_quality_index(255 - A, [A, A]) < 0.0
     flat = np.full_like(A, 80)
-    # a flat source has no saliency, so QW judges F only against the source with structure
-    assert weighted_quality_index(A, [A, flat]) == pytest.approx(1.0)
+    # A flat source has no saliency, so QW judges F only against a source that varies in every window.
+    textured = np.random.default_rng(3).integers(0, 256, A.shape).astype(np.uint8)
+    assert weighted_quality_index(textured, [textured, flat]) == pytest.approx(1.0)
     assert universal_quality_index(flat, [flat, flat]) == 1.0
     zero = np.zeros_like(A)
     assert universal_quality_index(zero, [zero, zero]) == 1.0
-    assert edge_dependent_quality_index(F, [A, B], alpha=0.0) == pytest.approx(
-        max(0.0, weighted_quality_index(F, [A, B])))
-    with pytest.raises(ValueError, match="alpha"):
-        edge_dependent_quality_index(F, [A, B], alpha=1.5)
+    # Smaller than one 11x11 window: one window of global statistics, not ssim_index.m's -Inf.
+    assert weighted_quality_index(A[:6, :9], [A[:6, :9], A[:6, :9]]) == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------ Q^AB/F
 
 
 def test_qabf_identities():
-    assert QABF_MAX == pytest.approx(0.99885 * 0.97592, abs=1e-4)
+    assert QABF_MAX == pytest.approx(0.9994 * 0.97592, abs=1e-5)
     assert gradient_based_quality_index(A, [A, A]) == pytest.approx(QABF_MAX)
-    # a flat source carries no edge weight: F = A is perfect for the pair (A, flat)
-    assert gradient_based_quality_index(A, [A, np.full_like(A, 40)]) == pytest.approx(QABF_MAX)
-    assert gradient_based_quality_index(np.full_like(A, 40), [A, B]) < 0.01
-    flat = np.full_like(A, 40)
-    assert gradient_based_quality_index(A, [flat, flat]) == 0.0
+    # A black source has no edge, not even at the zero-padded border: F = A is perfect for (A, black).
+    black = np.zeros_like(A)
+    assert gradient_based_quality_index(A, [A, black]) == pytest.approx(QABF_MAX)
+    assert gradient_based_quality_index(np.full_like(A, 40), [A, B]) < 0.05
+    assert gradient_based_quality_index(A, [black, black]) == 0.0  # no edge anywhere: 0, not VIFB's 0/0
     value = gradient_based_quality_index(F, [A, B])
     assert 0.0 < value < QABF_MAX
     assert value == pytest.approx(gradient_based_quality_index(F, [B, A]))
 
 
-def test_qabf_is_rotation_and_translation_invariant():
-    rotated = [np.rot90(x) for x in (F, A, B)]
-    assert gradient_based_quality_index(rotated[0], rotated[1:]) == pytest.approx(gradient_based_quality_index(F, [A, B]))
+def test_qabf_is_translation_invariant_on_a_black_canvas():
     canvases = []
     for offset in (3, 17):
         group = []
@@ -322,16 +354,24 @@ def test_qabf_is_rotation_and_translation_invariant():
 
 
 def test_qabf_hand_example_single_edge():
-    # A vertical step edge in A; F keeps the edge at half contrast: G = 0.5 on the edge.
+    # A vertical step edge in A; F keeps the edges at half contrast everywhere (the Sobel filter is
+    # linear), so every pixel with weight has G = 0.5 and the same orientation (A = 1).
     a = np.zeros((9, 9))
     a[:, 5:] = 200
     f = a / 2
-    g_a = 4 * 200  # Sobel response at the step (both columns next to it)
     q_g = c["gamma_g"] / (1 + math.exp(c["k_g"] * (0.5 - c["d_g"])))
     q_a = c["gamma_a"] / (1 + math.exp(c["k_a"] * (1 - c["d_a"])))
-    # Only edge pixels have weight; every one has G = 0.5 and equal orientation.
-    assert gradient_based_quality_index(f, [a, a]) == pytest.approx(q_g * q_a)
-    assert g_a > 0
+    assert gradient_based_quality_index(f, [a, a], data_range=(0, 255)) == pytest.approx(q_g * q_a)
+
+
+def test_qabf_liu_variant_identities():
+    liu = QABF_LIU_CONSTANTS
+    top = 1 / (1 + math.exp(liu["k_g"] * (1 - liu["d_g"]))) / (1 + math.exp(liu["k_a"] * (1 - liu["d_a"])))
+    assert gradient_based_quality_index_liu(A, [A, A]) == pytest.approx(top)  # G = 1 and A = 1 everywhere
+    value = gradient_based_quality_index_liu(F, [A, B])
+    assert 0.0 < value < top and value == pytest.approx(gradient_based_quality_index_liu(F, [B, A]))
+    assert evaluate(F, [A, B], metrics=["QABF_LIU"]) == {"QABF_LIU": value}
+    assert "QABF_LIU" not in evaluate(F, [A, B])  # a named variant: computed only when asked for
 
 
 # ------------------------------------------------------------------ VIF, FMI
@@ -441,7 +481,7 @@ EDGE_CASES = {
 def test_every_metric_gives_a_defined_value(case):
     fused, a, b, target = EDGE_CASES[case]
     before = [x.copy() for x in (fused, a, b, target)]
-    results = evaluate(fused, [a, b], target)
+    results = evaluate(fused, [a, b], target, metrics=metric_names(variants=True))
     assert list(results) == list(METRICS)
     for key, value in results.items():
         assert isinstance(value, float), key
@@ -488,7 +528,9 @@ def test_metrics_table_and_csv(tmp_path):
 def test_registry_is_complete_and_documented():
     expected = {"EN", "MEAN", "STD", "SF", "GRAD", "EOG", "MI", "FMI", "Q0", "QW", "QE", "QABF",
                 "SSIM_S", "VIF", "RMSE", "PSNR", "SSIM", "REL", "CE", "H"}
-    assert set(METRICS) == expected
+    assert set(METRICS) == expected | {"QABF_LIU"}
+    assert set(metric_names()) == expected  # the defaults; variants only by name
+    assert {k: m.variant_of for k, m in METRICS.items() if m.variant_of} == {"QABF_LIU": "QABF"}
     for info in METRICS.values():
         assert info.function.__doc__ and "Range" in info.function.__doc__, info.key
         assert info.family in ("fused", "sources", "target")

@@ -40,7 +40,7 @@ from MedFusionSlicerLib import (
 
 from MedFusionLib.errors import InputError
 from MedFusionLib.fusion import FusionCancelled, fuse_volume, to_unit_range
-from MedFusionLib.metrics import METRICS
+from MedFusionLib.metrics import METRICS, metric_names
 
 SHAPE = (6, 24, 20)  # (k, j, i): small, so the whole file runs in seconds
 
@@ -154,7 +154,7 @@ def test_average_fusion_writes_volume_tables_and_plot(scene, inputs, core):
     np.testing.assert_allclose(fused, expected, atol=1e-6)
     assert [_fingerprint(n) for n in inputs] == before_inputs  # inputs untouched
 
-    metric_keys = [k for k, m in METRICS.items() if m.family != "target"]
+    metric_keys = [k for k in metric_names() if METRICS[k].family != "target"]
     table = result.metricsTableNode
     assert table.IsA("vtkMRMLTableNode") and table.GetNumberOfRows() == len(metric_keys) + 1
     assert [table.GetTable().GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())] == \
@@ -203,7 +203,7 @@ def test_other_axis_and_target_metrics(scene, inputs, core):
     assert result.metrics["RMSE"] == pytest.approx(0.0, abs=1e-3)  # the target is the exact average
     assert result.metrics["SSIM"] == pytest.approx(1.0, abs=1e-4)
     assert [s.GetYColumnName() for s in result.plotSeriesNodes] == ["PSNR", "QABF"]
-    assert result.metricsTableNode.GetNumberOfRows() == len(METRICS) + 1
+    assert result.metricsTableNode.GetNumberOfRows() == len(metric_names()) + 1
 
 
 def test_default_model_through_the_scene_equals_the_library(scene, inputs, core):

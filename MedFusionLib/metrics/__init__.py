@@ -10,7 +10,8 @@ each function's docstring for its formula, reference and conventions.
 - against the sources: :func:`fusion_mutual_information` (MI),
   :func:`feature_mutual_information` (FMI), :func:`universal_quality_index` (Q0),
   :func:`weighted_quality_index` (QW), :func:`edge_dependent_quality_index` (QE),
-  :func:`gradient_based_quality_index` (Q^AB/F), :func:`ssim_to_sources`,
+  :func:`gradient_based_quality_index` (Q^AB/F; Liu's form:
+  :func:`gradient_based_quality_index_liu`), :func:`ssim_to_sources`,
   :func:`visual_information_fidelity` (VIF);
 - against a target image: :func:`root_mean_squared_error` (RMSE),
   :func:`peak_signal_to_noise_ratio` (PSNR), :func:`structural_similarity` (SSIM),
@@ -61,21 +62,16 @@ from .statistics import (
     spatial_frequency,
     standard_deviation,
 )
-from .structural import (
-    edge_dependent_quality_index,
-    gradient_based_quality_index,
-    ssim_to_sources,
-    universal_quality_index,
-    visual_information_fidelity,
-    weighted_quality_index,
-)
+from .piella import edge_dependent_quality_index, weighted_quality_index
+from .qabf import gradient_based_quality_index, gradient_based_quality_index_liu
+from .structural import ssim_to_sources, universal_quality_index, visual_information_fidelity
 from .volume import VolumeScores, evaluate_volume
 
 __all__ = [
     "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX", "ScoredGroup", "VolumeScores",
     "average_gradient", "conditional_entropy", "cross_entropy", "edge_dependent_quality_index",
     "energy_of_gradient", "entropy", "evaluate", "evaluate_volume", "feature_mutual_information", "fmi_backend", "format_table",
-    "fusion_mutual_information", "gradient_based_quality_index", "mean_intensity", "metric_names", "metrics_backend",
+    "fusion_mutual_information", "gradient_based_quality_index", "gradient_based_quality_index_liu", "mean_intensity", "metric_names", "metrics_backend",
     "metrics_table", "mutual_information", "peak_signal_to_noise_ratio", "relative_error",
     "root_mean_squared_error", "spatial_frequency", "ssim_to_sources", "standard_deviation",
     "structural_similarity", "table_to_csv", "to_score_scale", "universal_quality_index",

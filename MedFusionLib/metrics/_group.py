@@ -203,64 +203,29 @@ class ScoredGroup:
 
     # ------------------------------------------------------------------ gradients
 
-    def sobel(self, role: Role) -> tuple[np.ndarray, np.ndarray]:
-        """Horizontal and vertical 3x3 Sobel responses; borders replicate the edge pixel.
-
-        Replicating (not zero-padding, as MATLAB's ``conv2(..., 'same')`` does) keeps a
-        constant image free of artificial border edges.
-        """
-        def compute():
-            image = self.image(role)
-            return ndimage.sobel(image, axis=1, mode="nearest"), ndimage.sobel(image, axis=0, mode="nearest")
-
-        return self.memo(("sobel", role), compute)
-
-    def edge(self, role: Role) -> np.ndarray:
-        """Sobel gradient magnitude ``sqrt(gx^2 + gy^2)``."""
-        def compute():
-            gx, gy = self.sobel(role)
-            # Not np.hypot: it guards against overflow these values (< 1500) never reach,
-            # at ten times the cost; the two differ by at most an ulp.
-            return np.sqrt(gx * gx + gy * gy)
-
-        return self.memo(("edge", role), compute)
-
-    def orientation(self, role: Role) -> np.ndarray:
-        """Edge orientation in [0, pi): an edge has no direction, so angles are taken modulo pi."""
-        def compute():
-            gx, gy = self.sobel(role)
-            return np.mod(np.arctan2(gy, gx), np.pi)
-
-        return self.memo(("orientation", role), compute)
-
-    # ------------------------------------------------------------------ 8x8 window statistics
-
-    def _window_input(self, role: Role, edges: bool) -> np.ndarray:
-        return self.edge(role) if edges else self.image(role)
-
-    def window_moments(self, role: Role, edges: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def window_moments(self, role: Role) -> tuple[np.ndarray, np.ndarray]:
         """Mean and population variance over every valid 8x8 window (floored like ``VARIANCE_FLOOR``)."""
         def compute():
-            x = self._window_input(role, edges)
+            x = self.image(role)
             shape = window_shape(x.shape, QUALITY_WINDOW)
             mean = valid_window_mean(x, shape)
             variance = valid_window_mean(x * x, shape) - mean**2
             variance[variance < VARIANCE_FLOOR] = 0.0
             return mean, variance
 
-        return self.memo(("window_moments", role, edges), compute)
+        return self.memo(("window_moments", role), compute)
 
-    def quality_map(self, source: int, edges: bool = False) -> np.ndarray:
+    def quality_map(self, source: int) -> np.ndarray:
         """Wang & Bovik's Q(source, fused) for every valid 8x8 window, with ``qindex.m``'s zero rules.
 
         ``Q = 4 s_xy m_x m_y / ((s_x^2 + s_y^2)(m_x^2 + m_y^2))``; where both windows are
         constant Q = ``2 m_x m_y / (m_x^2 + m_y^2)`` (1 if both are also zero).
         """
         def compute():
-            x = self._window_input(source, edges)
-            y = self._window_input("F", edges)
-            mean_x, var_x = self.window_moments(source, edges)
-            mean_y, var_y = self.window_moments("F", edges)
+            x = self.image(source)
+            y = self.image("F")
+            mean_x, var_x = self.window_moments(source)
+            mean_y, var_y = self.window_moments("F")
             cov = valid_window_mean(x * y, window_shape(x.shape, QUALITY_WINDOW)) - mean_x * mean_y
             variance_sum = var_x + var_y
             mean_sq_sum = mean_x**2 + mean_y**2
@@ -276,7 +241,7 @@ class ScoredGroup:
             quality[dark] = 2.0 * cov[dark] / variance_sum[dark]
             return np.clip(quality, -1.0, 1.0)
 
-        return self.memo(("quality_map", source, edges), compute)
+        return self.memo(("quality_map", source), compute)
 
     # ------------------------------------------------------------------ SSIM statistics
 

@@ -246,6 +246,156 @@ def ssim_sums(images, weights, c1, c2, first, end):
     return sums
 
 
+@_jit
+def piella_sums(images, weights, c1, c2, floor, flat, first, end):
+    """QW's sums over the 'valid' output rows ``[first, end)``: ``sum_w c(w) sum_k lambda_k SSIM_k`` and ``sum_w c(w)``.
+
+    Transcription of :func:`MedFusionLib.metrics.piella._weighted_quality_of` (Liu's
+    ``metricPeilla.m`` case 2) with every image's Gaussian moments filtered in one pass:
+    ``images`` = (sources..., fused); ``c(w) = max_k s_k`` and ``lambda_k = s_k / sum_j s_j``
+    with the window variances ``s_k`` (below ``floor`` taken as 0; all ``flat`` where none
+    varies, and then ``c(w)`` is ``flat`` only where every source is 0 throughout the window,
+    else 0), SSIM_k the SSIM of source k and the fused image with unfloored variances. Returns
+    the sums and the number of windows counted (all windows flat and not black: the caller
+    weighs them equally).
+    """
+    count = len(images)
+    sources = count - 1
+    width = images[0].shape[1]
+    radius = weights.size // 2
+    out_width = width - 2 * radius
+    column = np.empty(width)
+    moments = np.empty((3 * count - 1, out_width))
+    saliency = np.empty(sources)
+    numerator = 0.0
+    denominator = 0.0
+    unweighted = 0.0
+    for centre in range(radius + first, radius + end):
+        _filtered_moments(images, centre, weights, column, moments)
+        for j in range(out_width):
+            total = 0.0
+            for k in range(sources):
+                mean = moments[k, j]
+                variance = moments[count + k, j] - mean * mean
+                saliency[k] = 0.0 if abs(variance) < floor else variance
+                total += saliency[k]
+            is_flat = total == 0.0
+            black = is_flat
+            if is_flat:
+                for k in range(sources):
+                    saliency[k] = flat
+                    black = black and moments[k, j] == 0.0
+                total = flat * sources
+            mean_f = moments[count - 1, j]
+            variance_f = moments[2 * count - 1, j] - mean_f * mean_f
+            largest = saliency[0]
+            weighted = 0.0
+            for k in range(sources):
+                mean = moments[k, j]
+                variance = moments[count + k, j] - mean * mean
+                covariance = moments[2 * count + k, j] - mean_f * mean
+                ssim = ((2 * mean_f * mean + c1) * (2 * covariance + c2)) / (
+                    (mean_f * mean_f + mean * mean + c1) * (variance_f + variance + c2))
+                weighted += saliency[k] / total * ssim
+                largest = max(largest, saliency[k])
+            if is_flat and not black:
+                largest = 0.0  # flat, not black: the reference's round-off weighs it about nothing
+            numerator += largest * weighted
+            denominator += largest
+            unweighted += weighted
+    return numerator, denominator, unweighted
+
+
+@_jit
+def prewitt_magnitude(image):
+    """``sqrt(x^2 + y^2)`` of the 3x3 Prewitt responses with zero padding (``filter2(., 'same')``)."""
+    height, width = image.shape
+    out = np.empty((height, width))
+    for i in range(height):
+        for j in range(width):
+            x = 0.0
+            y = 0.0
+            for t in range(-1, 2):
+                r = i + t
+                if 0 <= r < height:
+                    if j > 0:
+                        x += image[r, j - 1]
+                    if j < width - 1:
+                        x -= image[r, j + 1]
+                c = j + t
+                if 0 <= c < width:
+                    if i > 0:
+                        y += image[i - 1, c]
+                    if i < height - 1:
+                        y -= image[i + 1, c]
+            out[i, j] = math.sqrt(x * x + y * y)
+    return out
+
+
+@_jit_inline
+def _sobel_zero_padded_at(image, i, j):
+    """Sobel responses at pixel (i, j) with zero padding: (right - left, lower - upper), weights 1, 2, 1."""
+    height, width = image.shape
+    x = 0.0
+    y = 0.0
+    for t in range(-1, 2):
+        weight = 2.0 if t == 0 else 1.0
+        r = i + t
+        if 0 <= r < height:
+            right = image[r, j + 1] if j + 1 < width else 0.0
+            left = image[r, j - 1] if j >= 1 else 0.0
+            x += weight * (right - left)
+        c = j + t
+        if 0 <= c < width:
+            below = image[i + 1, c] if i + 1 < height else 0.0
+            above = image[i - 1, c] if i >= 1 else 0.0
+            y += weight * (below - above)
+    return x, y
+
+
+@_jit
+def qabf_sums(images, constants, first, end):
+    """VIFB's Q^AB/F sums ``sum Q^SF g_S`` and ``sum g_S`` over rows ``[first, end)``, every source at once.
+
+    Transcription of :func:`MedFusionLib.metrics.qabf._gradient_based_quality` (``metricsQabf.m``):
+    ``images`` = (sources..., fused) on the 0-255 scale, scaled by 255 as VIFB does; zero-padded
+    Sobel; orientation ``atan(Sy / Sx)`` (pi/2 where ``Sx = 0``); VIFB's strength ratio with
+    ``G = g_F`` for equal strengths; the unwrapped orientation term.
+    """
+    gamma_g, k_g, d_g, gamma_a, k_a, d_a = constants
+    count = len(images)
+    width = images[0].shape[1]
+    half_pi = math.pi / 2
+    strength = np.empty(count)
+    angle = np.empty(count)
+    numerator = 0.0
+    denominator = 0.0
+    for i in range(first, end):
+        for j in range(width):
+            for p in range(count):
+                x, y = _sobel_zero_padded_at(images[p], i, j)
+                x = -255.0 * x  # conv2(255 p, h3): left minus right
+                y = 255.0 * y
+                strength[p] = math.sqrt(x * x + y * y)
+                angle[p] = half_pi if x == 0.0 else math.atan(y / x)
+            g_f = strength[count - 1]
+            a_f = angle[count - 1]
+            for k in range(count - 1):
+                g_s = strength[k]
+                if g_s > g_f:
+                    ratio = g_f / g_s
+                elif g_s == g_f:
+                    ratio = g_f
+                else:
+                    ratio = g_s / g_f
+                agreement = 1.0 - abs(angle[k] - a_f) / half_pi
+                quality = gamma_g / (1.0 + math.exp(k_g * (ratio - d_g))) * (
+                    gamma_a / (1.0 + math.exp(k_a * (agreement - d_a))))
+                numerator += quality * g_s
+                denominator += g_s
+    return numerator, denominator
+
+
 # --------------------------------------------------------------------------- VIF
 
 
@@ -444,101 +594,6 @@ def quality_sums(images, win_rows, win_cols, floor, first, end):
             weight += largest[c]
             unweighted += local[c]
     return q_sums, weighted, weight, unweighted
-
-
-# --------------------------------------------------------------------------- gradients
-
-
-@_jit
-def sobel_rows(image, r0, r1, gx, gy, magnitude):
-    """Rows ``[r0, r1)`` of the Sobel responses with replicated borders, as ``ndimage.sobel(mode='nearest')``.
-
-    Written to rows ``0 .. r1 - r0`` of the outputs. ``gx`` is the derivative along
-    columns smoothed along rows ([-1, 0, 1] then [1, 2, 1], in SciPy's antisymmetric
-    and symmetric ``correlate1d`` arithmetic); ``gy`` the same with the axes swapped;
-    ``magnitude = sqrt(gx^2 + gy^2)``.
-    """
-    height, width = image.shape
-    above = np.empty(width)
-    here = np.empty(width)
-    below = np.empty(width)
-    vertical = np.empty(width)
-    for i in range(r0, r1):
-        x_above = image[max(i - 1, 0)]
-        x_here = image[i]
-        x_below = image[min(i + 1, height - 1)]
-        for j in range(width):
-            left = max(j - 1, 0)
-            right = min(j + 1, width - 1)
-            above[j] = x_above[j] * 0.0 + (x_above[left] - x_above[right]) * -1.0
-            here[j] = x_here[j] * 0.0 + (x_here[left] - x_here[right]) * -1.0
-            below[j] = x_below[j] * 0.0 + (x_below[left] - x_below[right]) * -1.0
-            vertical[j] = x_here[j] * 0.0 + (x_above[j] - x_below[j]) * -1.0
-        out = i - r0
-        for j in range(width):
-            left = max(j - 1, 0)
-            right = min(j + 1, width - 1)
-            h = here[j] * 2.0 + (above[j] + below[j])
-            v = vertical[j] * 2.0 + (vertical[left] + vertical[right])
-            gx[out, j] = h
-            gy[out, j] = v
-            magnitude[out, j] = math.sqrt(h * h + v * v)
-
-
-@_jit
-def qabf_exponents(magnitude, angle, constants, out):
-    """The arguments of Q^AB/F's two sigmoids for every source pixel (fused image last in both stacks).
-
-    ``out[0, k]`` = ``k_g (G - D_g)`` and ``out[1, k]`` = ``k_a (A - D_a)``, with G the
-    strength ratio and A the orientation agreement of source k against the fused
-    image (see :func:`MedFusionLib.metrics.structural._gradient_based_quality`), for
-    NumPy to exponentiate in bulk. ``angle`` is ``arctan2(gy, gx)`` in [-pi, pi],
-    folded here to [0, pi) exactly as ``np.mod(angle, pi)`` does (``a + pi`` for
-    negative ``a``, 0 for ``pi``).
-    """
-    _, k_g, d_g, _, k_a, d_a = constants
-    count, height, width = magnitude.shape
-    pi = math.pi
-    half_pi = pi / 2
-    for k in range(count - 1):
-        for i in range(height):
-            g_s = magnitude[k, i]
-            g_f = magnitude[count - 1, i]
-            a_s = angle[k, i]
-            a_f = angle[count - 1, i]
-            strength = out[0, k, i]
-            orientation = out[1, k, i]
-            for j in range(width):
-                s = a_s[j]
-                s = s + pi if s < 0 else (0.0 if s == pi else s)
-                f = a_f[j]
-                f = f + pi if f < 0 else (0.0 if f == pi else f)
-                larger = max(g_s[j], g_f[j])
-                relative = min(g_s[j], g_f[j]) / (larger if larger > 0 else 1.0) if larger > 0 else 1.0
-                strength[j] = k_g * (relative - d_g)
-                orientation[j] = k_a * (abs(abs(s - f) - half_pi) / half_pi - d_a)
-
-
-@_jit
-def qabf_sums(magnitude, exponentials, constants):
-    """Numerator and denominator of Q^AB/F, ``sum Q^SF g_S`` and ``sum g_S``, from the sigmoids' exponentials."""
-    gamma_g, _, _, gamma_a, _, _ = constants
-    count, height, width = magnitude.shape
-    numerator = 0.0
-    denominator = 0.0
-    for k in range(count - 1):
-        for i in range(height):
-            g_s = magnitude[k, i]
-            e_g = exponentials[0, k, i]
-            e_a = exponentials[1, k, i]
-            num = 0.0
-            den = 0.0
-            for j in range(width):
-                num += gamma_g / (1.0 + e_g[j]) * (gamma_a / (1.0 + e_a[j])) * g_s[j]
-                den += g_s[j]
-            numerator += num
-            denominator += den
-    return numerator, denominator
 
 
 # --------------------------------------------------------------------------- FMI

@@ -13,6 +13,8 @@ from ..errors import InputError
 from ._group import ScoredGroup
 from . import fmi as fmi_
 from . import information as info_
+from . import piella as piella_
+from . import qabf as qabf_
 from . import reference as ref_
 from . import statistics as stat_
 from . import structural as struct_
@@ -40,6 +42,8 @@ class MetricInfo:
     compute: Callable[[ScoredGroup], float]
     definition: str
     reference: str
+    #: The metric this one is a named variant of (another toolbox's definition): computed only when asked for.
+    variant_of: str | None = None
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -67,14 +71,21 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("Q0", "Q0", "sources", HIGHER, struct_.universal_quality_index, struct_._universal_quality,
                    "universal image quality index, 8x8 sliding windows, mean over sources",
                    "Wang & Bovik 2002"),
-        MetricInfo("QW", "QW", "sources", HIGHER, struct_.weighted_quality_index, struct_._weighted_quality,
-                   "saliency-weighted Q over 8x8 windows", "Piella & Heijmans 2003"),
-        MetricInfo("QE", "QE", "sources", HIGHER, struct_.edge_dependent_quality_index,
-                   struct_._edge_dependent_quality,
-                   "QW of Sobel edge images (alpha = 1)", "Piella & Heijmans 2003"),
-        MetricInfo("QABF", "Q^AB/F", "sources", HIGHER, struct_.gradient_based_quality_index,
-                   struct_._gradient_based_quality,
-                   "Sobel edge strength and orientation preservation", "Xydeas & Petrovic 2000"),
+        MetricInfo("QW", "QW", "sources", HIGHER, piella_.weighted_quality_index, piella_._weighted_quality,
+                   "saliency-weighted SSIM map, 11x11 Gaussian windows",
+                   "Piella & Heijmans 2003; Liu's metricPeilla.m (case 2)"),
+        MetricInfo("QE", "QE", "sources", HIGHER, piella_.edge_dependent_quality_index,
+                   piella_._edge_dependent_quality,
+                   "QW x QW of the Prewitt edge images (alpha = 1)",
+                   "Piella & Heijmans 2003; Liu's metricPeilla.m (case 3)"),
+        MetricInfo("QABF", "Q^AB/F", "sources", HIGHER, qabf_.gradient_based_quality_index,
+                   qabf_._gradient_based_quality,
+                   "Sobel edge strength and orientation preservation",
+                   "Xydeas & Petrovic 2000; VIFB metricsQabf.m"),
+        MetricInfo("QABF_LIU", "Q^AB/F (Liu)", "sources", HIGHER, qabf_.gradient_based_quality_index_liu,
+                   qabf_._gradient_based_quality_liu,
+                   "Q^AB/F with orientation modulo pi, per-pixel normalised mean",
+                   "Xydeas & Petrovic 2000; Liu's metricXydeas.m", variant_of="QABF"),
         MetricInfo("SSIM_S", "SSIM(S,F)", "sources", HIGHER, struct_.ssim_to_sources, struct_._ssim_to_sources,
                    "sum_k SSIM(S_k, F), 11x11 Gaussian sigma 1.5", "Wang et al. 2004"),
         MetricInfo("VIF", "VIF", "sources", HIGHER, struct_.visual_information_fidelity,
@@ -96,9 +107,13 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
-def metric_names(family: str | None = None) -> list[str]:
-    """Registry keys, in table order; only one family (``"fused"``, ``"sources"``, ``"target"``) if given."""
-    return [k for k, m in METRICS.items() if family is None or m.family == family]
+def metric_names(family: str | None = None, *, variants: bool = False) -> list[str]:
+    """Registry keys, in table order; only one family (``"fused"``, ``"sources"``, ``"target"``) if given.
+
+    :param variants: also the named variants (e.g. ``"QABF_LIU"``), which are computed only when asked for.
+    """
+    return [k for k, m in METRICS.items()
+            if (family is None or m.family == family) and (variants or m.variant_of is None)]
 
 
 def evaluate(
@@ -119,13 +134,14 @@ def evaluate(
     :param fused: the fused 2D image (grey or RGB).
     :param sources: the K >= 2 source images it was fused from, same shape.
     :param target: optional target (reference) image enabling RMSE, PSNR, SSIM, REL, CE and H.
-    :param metrics: keys to compute (see :data:`METRICS`); default every metric the inputs allow.
+    :param metrics: keys to compute (see :data:`METRICS`); default every metric the inputs allow,
+        without the named variants (``"QABF_LIU"``: ask for it by name).
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     :param backend: ``"numba"`` (compiled kernels, the ``fast`` extra), ``"numpy"``, or None
         for numba when it is installed; both give the same values up to rounding.
     """
     if metrics is None:
-        keys = [k for k in METRICS if target is not None or METRICS[k].family != "target"]
+        keys = [k for k in metric_names() if target is not None or METRICS[k].family != "target"]
     else:
         keys = list(metrics)
         unknown = [k for k in keys if k not in METRICS]

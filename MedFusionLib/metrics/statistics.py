@@ -43,14 +43,17 @@ def _standard_deviation(f: np.ndarray) -> float:
 
 
 def spatial_frequency(image: object, *, data_range: DataRange = None) -> float:
-    """SF: spatial frequency ``sqrt(RF^2 + CF^2)``.
+    """SF: spatial frequency ``sqrt(RF^2 + CF^2)``, as VIFB computes it.
 
-    ``RF^2`` is the mean of ``(F(i, j) - F(i, j-1))^2`` over all horizontal
-    neighbour pairs and ``CF^2`` the same over vertical pairs (Eskicioglu & Fisher,
-    IEEE Trans. Commun. 43(12), 1995; means over the differences as in the VIFB
-    benchmark, Zhang et al. 2020, so a uniform ramp of slope s has SF = s at any
-    size). An image one pixel wide along an axis contributes 0 for that axis.
-    Higher means more detail. Range [0, 255 * sqrt(2)].
+    ``RF^2`` is the sum of ``(F(i, j) - F(i, j-1))^2`` over all horizontal neighbour
+    pairs and ``CF^2`` the same over vertical pairs, each divided by the number of
+    pixels M x N (not by the number of pairs). Reproduces VIFB's
+    ``metrics/metricsSpatial_frequency.m`` (xingchenzhang/VIFB, commit 5d29ee7; metric
+    of Eskicioglu & Fisher, IEEE Trans. Commun. 43(12), 1995); checked against it under
+    Octave (``Testing/reference_metrics``). A uniform ramp of slope s has
+    ``SF = s * sqrt((N-1)/N + (M-1)/M)`` when it rises along both axes. An image one
+    pixel wide along an axis contributes 0 for that axis. Higher means more detail.
+    Range [0, 255 * sqrt(2)].
 
     :param image: 2D grey or RGB image.
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
@@ -59,29 +62,34 @@ def spatial_frequency(image: object, *, data_range: DataRange = None) -> float:
 
 
 def _spatial_frequency(f: np.ndarray) -> float:
-    row_diff = np.diff(f, axis=1)
-    col_diff = np.diff(f, axis=0)
-    rf2 = float(np.mean(row_diff**2)) if row_diff.size else 0.0
-    cf2 = float(np.mean(col_diff**2)) if col_diff.size else 0.0
+    rf2 = float(np.sum(np.diff(f, axis=1) ** 2)) / f.size
+    cf2 = float(np.sum(np.diff(f, axis=0) ** 2)) / f.size
     return float(np.sqrt(rf2 + cf2))
 
 
 def average_gradient(image: object, *, data_range: DataRange = None) -> float:
-    """GRAD (AG): average gradient ``(1/((M-1)(N-1))) sum sqrt((dx^2 + dy^2) / 2)``.
+    """GRAD (AG): average gradient, as VIFB computes it.
 
-    ``dx``, ``dy`` are forward differences on the common ``(M-1) x (N-1)`` grid
-    (e.g. Cui et al., Opt. Commun. 341, 2015). Images one pixel wide give 0.
-    Higher means sharper. Range [0, 255].
+    ``AG = sum sqrt((dx^2 + dy^2) / 2) / ((M - 1)(N - 1))``, the sum over all M x N
+    pixels, with MATLAB's ``gradient``: central differences inside the image and
+    one-sided differences on its first and last rows and columns (``np.gradient``,
+    the same arithmetic). Reproduces VIFB's ``metrics/metricsAvg_gradient.m``
+    (xingchenzhang/VIFB, commit 5d29ee7; metric of Cui et al., Opt. Commun. 341,
+    2015); checked against it under Octave (``Testing/reference_metrics``). Images
+    one pixel wide give 0. Higher means sharper. Range [0, ~255].
 
-    :param image: 2D grey or RGB image.
+    :param image: 2D grey or RGB image (RGB: scored on its luminance).
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
     return _average_gradient(prepare_single(image, data_range))
 
 
 def _average_gradient(f: np.ndarray) -> float:
-    squared = _squared_gradient(f)
-    return float(np.mean(np.sqrt(squared / 2.0))) if squared.size else 0.0
+    rows, cols = f.shape
+    if rows < 2 or cols < 2:
+        return 0.0
+    dy, dx = np.gradient(f)
+    return float(np.sum(np.sqrt((dx * dx + dy * dy) / 2.0)) / ((rows - 1) * (cols - 1)))
 
 
 def _squared_gradient(f: np.ndarray) -> np.ndarray:
@@ -109,7 +117,11 @@ def _group_standard_deviation(group: ScoredGroup) -> float:
 
 def _group_spatial_frequency(group: ScoredGroup) -> float:
     stats = _group_statistics(group)
-    return float(np.sqrt(stats[2] + stats[3])) if stats is not None else _spatial_frequency(group.fused)
+    if stats is None:
+        return _spatial_frequency(group.fused)
+    rows, cols = group.fused.shape
+    # The kernel's RF^2 and CF^2 are means over the pairs; VIFB divides the sums by M x N.
+    return float(np.sqrt(stats[2] * (cols - 1) / cols + stats[3] * (rows - 1) / rows))
 
 
 def _group_squared_gradient(group: ScoredGroup) -> np.ndarray:
@@ -117,11 +129,8 @@ def _group_squared_gradient(group: ScoredGroup) -> np.ndarray:
 
 
 def _group_average_gradient(group: ScoredGroup) -> float:
-    stats = _group_statistics(group)
-    if stats is not None:
-        return float(stats[4])
-    squared = _group_squared_gradient(group)
-    return float(np.mean(np.sqrt(squared / 2.0))) if squared.size else 0.0
+    # VIFB's central differences: not the compiled statistics kernel's forward differences (EOG's).
+    return group.memo(("average_gradient",), lambda: _average_gradient(group.fused))
 
 
 def _group_energy_of_gradient(group: ScoredGroup) -> float:

@@ -1,7 +1,7 @@
-"""Structure- and edge-based fusion metrics against the sources.
+"""Structure-based fusion metrics against the sources.
 
-Q0 (Wang & Bovik's universal image quality index), QW and QE (Piella & Heijmans),
-Q^AB/F (Xydeas & Petrovic), SSIM to the sources and VIF (Sheikh & Bovik).
+Q0 (Wang & Bovik's universal image quality index), SSIM to the sources and VIF (Sheikh &
+Bovik); QW and QE are in :mod:`.piella`, Q^AB/F in :mod:`.qabf`.
 All on the 0-255 scoring scale; every one accepts K >= 2 sources.  The private
 ``_name(group)`` functions compute from a :class:`ScoredGroup`, so
 :func:`~MedFusionLib.metrics.evaluate` shares their intermediate results.
@@ -17,10 +17,6 @@ from scipy import ndimage
 from ._common import SCORE_MAX, VARIANCE_FLOOR, DataRange, window_shape
 from ._group import QUALITY_WINDOW, Role, ScoredGroup, gaussian_11, in_row_bands
 
-#: Petrovic's constants of the Q^AB/F sigmoids (Xydeas & Petrovic 2000; Petrovic 2007).
-QABF_CONSTANTS = {"gamma_g": 0.9994, "k_g": -15.0, "d_g": 0.5, "gamma_a": 0.9879, "k_a": -22.0, "d_a": 0.8}
-#: Rows of Sobel responses per step of the compiled gradient pass (a few hundred KiB of scratch).
-_GRADIENT_STRIP = 32
 #: Side of SSIM's Gaussian window (sigma 1.5 truncated at 3.5 sigma, as in Wang et al. 2004).
 SSIM_WINDOW = 11
 _SSIM_C1 = (0.01 * SCORE_MAX) ** 2
@@ -101,41 +97,24 @@ def ssim_to_sources(fused: object, sources: Sequence[object], *, data_range: Dat
 # --------------------------------------------------------------------------- Q0, QW, QE
 
 
-def _quality_indices(group: ScoredGroup, edges: bool = False) -> tuple[np.ndarray, float]:
-    """Per-source mean of Q(S_k, F) over the 8x8 windows, and Q_W (see :func:`weighted_quality_index`).
-
-    ``edges`` scores the Sobel magnitude images instead (for QE). Both backends
-    compute the same window statistics; the compiled one never forms the maps.
-    """
+def _quality_indices(group: ScoredGroup) -> np.ndarray:
+    """Per-source mean of Q(S_k, F) over the 8x8 windows; both backends compute the same window statistics."""
     def compute():
-        count = len(group.sources)
-        if group.kernels is not None:
-            images = tuple(_compiled_gradients(group)[0]) if edges else group.with_fused_last()
+        if group.kernels is not None:  # the compiled backend never forms the maps
+            images = group.with_fused_last()
             rows, cols = window_shape(group.fused.shape, QUALITY_WINDOW)
             out_rows, out_cols = group.fused.shape[0] - rows + 1, group.fused.shape[1] - cols + 1
             bands = in_row_bands(
                 lambda first, end: group.kernels.quality_sums(images, rows, cols, VARIANCE_FLOOR, first, end),
                 out_rows, group.kernels)
-            q_sums, weighted, weight, unweighted = (sum(band[i] for band in bands) for i in range(4))
-            windows = out_rows * out_cols
-            # No source varies in any window: every window counts the same (see below).
-            return q_sums / windows, (weighted / weight if weight > 0 else unweighted / windows)
-        saliency = np.stack([group.window_moments(k, edges)[1] for k in range(count)])
-        quality = np.stack([group.quality_map(k, edges) for k in range(count)])
-        total = saliency.sum(axis=0)
-        # Local weight lambda_k = s_k / sum_j s_j; windows where no source varies share equally.
-        local = np.where(total > 0, saliency / np.where(total > 0, total, 1.0), 1.0 / count)
-        overall = saliency.max(axis=0)  # C(w) = max_k s(S_k | w)
-        if overall.sum() <= 0:  # every source constant: all windows count the same
-            overall = np.ones_like(overall)
-        weighted = float(np.sum(overall * np.sum(local * quality, axis=0)) / overall.sum())
-        return np.array([q.mean() for q in quality]), weighted
+            return sum(band[0] for band in bands) / (out_rows * out_cols)
+        return np.array([group.quality_map(k).mean() for k in range(len(group.sources))])
 
-    return group.memo(("quality_indices", edges), compute)
+    return group.memo(("quality_indices",), compute)
 
 
 def _universal_quality(group: ScoredGroup) -> float:
-    return float(np.mean(_quality_indices(group)[0]))
+    return float(np.mean(_quality_indices(group)))
 
 
 def universal_quality_index(fused: object, sources: Sequence[object], *, data_range: DataRange = None) -> float:
@@ -152,145 +131,6 @@ def universal_quality_index(fused: object, sources: Sequence[object], *, data_ra
     :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
     """
     return _universal_quality(ScoredGroup.from_inputs(fused, sources, data_range=data_range))
-
-
-def _weighted_quality(group: ScoredGroup, edges: bool = False) -> float:
-    return float(_quality_indices(group, edges)[1])
-
-
-def weighted_quality_index(fused: object, sources: Sequence[object], *, data_range: DataRange = None) -> float:
-    """QW: Piella & Heijmans' weighted fusion quality index.
-
-    ``Q_W = sum_w c(w) sum_k lambda_k(w) Q(S_k, F | w)`` over 8x8 sliding windows,
-    with saliency ``s(S_k | w)`` = the variance of source k in w,
-    ``lambda_k(w) = s_k / sum_j s_j`` and ``c(w) = max_k s_k / sum_w' max_k s_k``
-    (Piella & Heijmans, Proc. ICIP 2003, vol. 3, pp. 173-176). This is the paper's
-    form with Q0 as the local index; Zheng Liu's toolbox substitutes an 11x11
-    Gaussian SSIM. Windows where no source varies weigh each source equally.
-    Higher is better. Range [-1, 1].
-
-    :param fused: the fused 2D image.
-    :param sources: the K >= 2 source images, same shape.
-    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
-    """
-    return _weighted_quality(ScoredGroup.from_inputs(fused, sources, data_range=data_range))
-
-
-def _edge_dependent_quality(group: ScoredGroup, alpha: float = 1.0) -> float:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}")
-    edge_quality = max(0.0, _weighted_quality(group, edges=True))
-    if alpha == 1.0:
-        return edge_quality
-    plain_quality = max(0.0, _weighted_quality(group))
-    return float(plain_quality ** (1.0 - alpha) * edge_quality**alpha)
-
-
-def edge_dependent_quality_index(
-    fused: object, sources: Sequence[object], *, alpha: float = 1.0, data_range: DataRange = None
-) -> float:
-    """QE: Piella & Heijmans' edge-dependent fusion quality index.
-
-    ``Q_E = Q_W(S, F)^(1 - alpha) * Q_W(S', F')^alpha`` where ``S'``, ``F'`` are
-    Sobel gradient-magnitude images (Piella & Heijmans, Proc. ICIP 2003; the form
-    of Liu et al., IEEE TPAMI 34(1), 2012). The default ``alpha = 1`` scores the
-    edge images alone, as Liu's and the MEFB benchmark's code do. Negative Q_W
-    values are clipped to 0 before the powers so Q_E stays real. Higher is better.
-    Range [0, 1].
-
-    :param fused: the fused 2D image.
-    :param sources: the K >= 2 source images, same shape.
-    :param alpha: weight of the edge images, in [0, 1].
-    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
-    """
-    return _edge_dependent_quality(ScoredGroup.from_inputs(fused, sources, data_range=data_range), alpha)
-
-
-# --------------------------------------------------------------------------- Q^AB/F
-
-
-def _gradient_based_quality(group: ScoredGroup) -> float:
-    c = QABF_CONSTANTS
-    if group.kernels is not None:
-        _, numerator, denominator = _compiled_gradients(group)
-        return numerator / denominator if denominator > 0.0 else 0.0
-    g_f, a_f = group.edge("F"), group.orientation("F")
-    numerator = 0.0
-    denominator = 0.0
-    for k in range(len(group.sources)):
-        g_s, a_s = group.edge(k), group.orientation(k)
-        larger = np.maximum(g_s, g_f)
-        strength = np.where(larger > 0, np.minimum(g_s, g_f) / np.where(larger > 0, larger, 1.0), 1.0)
-        orientation = np.abs(np.abs(a_s - a_f) - np.pi / 2) / (np.pi / 2)
-        q_g = c["gamma_g"] / (1.0 + np.exp(c["k_g"] * (strength - c["d_g"])))
-        q_a = c["gamma_a"] / (1.0 + np.exp(c["k_a"] * (orientation - c["d_a"])))
-        numerator += float(np.sum(q_g * q_a * g_s))
-        denominator += float(np.sum(g_s))
-    if denominator <= 0.0:
-        return 0.0
-    return numerator / denominator
-
-
-def _compiled_gradients(group: ScoredGroup) -> tuple[np.ndarray, float, float]:
-    """Compiled backend: Sobel magnitudes of ``(S_0, ..., S_{K-1}, F)`` and the Q^AB/F sums, in one pass.
-
-    QE needs the magnitude images whole (for its 8x8 windows); Q^AB/F needs the
-    orientations only pixel by pixel, so they are made one strip of rows at a time
-    and never kept whole. The kernels leave ``arctan2`` and ``exp`` to NumPy, whose
-    are vectorised (numba's call the scalar C library). Both metrics come from this
-    one pass, so QE alone also pays for Q^AB/F's sums.
-    """
-    def compute():
-        images = group.with_fused_last()
-        count, (height, width) = len(images), images[0].shape
-        magnitude = np.empty((count, height, width))
-        constants = tuple(QABF_CONSTANTS.values())
-
-        def scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            strip = (count, _GRADIENT_STRIP, width)
-            return np.empty(strip), np.empty(strip), np.empty((2, count - 1, _GRADIENT_STRIP, width))
-
-        def band(first: int, end: int, buffers: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[float, float]:
-            gx, gy, exponents = buffers
-            numerator = denominator = 0.0
-            for r0 in range(first, end, _GRADIENT_STRIP):
-                rows = min(_GRADIENT_STRIP, end - r0)
-                for p, image in enumerate(images):
-                    group.kernels.sobel_rows(image, r0, r0 + rows, gx[p], gy[p], magnitude[p, r0 : r0 + rows])
-                angle = np.arctan2(gy[:, :rows], gx[:, :rows], out=gx[:, :rows])
-                group.kernels.qabf_exponents(magnitude[:, r0 : r0 + rows], angle, constants, exponents[:, :, :rows])
-                exponentials = np.exp(exponents[:, :, :rows], out=exponents[:, :, :rows])
-                num, den = group.kernels.qabf_sums(magnitude[:, r0 : r0 + rows], exponentials, constants)
-                numerator += num
-                denominator += den
-            return numerator, denominator
-
-        bands = in_row_bands(band, height, group.kernels, scratch)
-        return magnitude, sum(b[0] for b in bands), sum(b[1] for b in bands)
-
-    return group.memo(("compiled_gradients",), compute)
-
-
-def gradient_based_quality_index(fused: object, sources: Sequence[object], *, data_range: DataRange = None) -> float:
-    """Q^AB/F: Xydeas & Petrovic's edge-transfer metric.
-
-    Sobel strength ``g`` and orientation ``a`` per pixel. For each source S:
-    ``G^SF = min(g_S, g_F) / max(g_S, g_F)`` (1 where both are 0; ``Qabf.m``'s
-    ``G = g_F`` quirk for equal strengths is not reproduced),
-    ``A^SF = | |a_S - a_F| - pi/2 | / (pi/2)`` (orientation agreement modulo pi, as in
-    Liu's ``metricXydeas.m``), ``Q^SF = Gamma_g / (1 + exp(k_g (G - D_g))) *
-    Gamma_a / (1 + exp(k_a (A - D_a)))`` with Gamma_g = 0.9994, k_g = -15, D_g = 0.5,
-    Gamma_a = 0.9879, k_a = -22, D_a = 0.8, and
-    ``Q^AB/F = sum_S sum Q^SF g_S / sum_S sum g_S`` (weights ``w = g^L``, L = 1)
-    (Xydeas & Petrovic, Electron. Lett. 36(4), 2000). With F equal to every source
-    the value is ``0.99885 * 0.97592 = 0.97480``, the top the constants allow.
-    Sources without any edge give 0. Higher is better. Range [0, 0.9748].
-
-    :param fused: the fused 2D image.
-    :param sources: the K >= 2 source images, same shape.
-    :param data_range: optional ``(lo, hi)`` intensity range mapped to [0, 255].
-    """
-    return _gradient_based_quality(ScoredGroup.from_inputs(fused, sources, data_range=data_range))
 
 
 # --------------------------------------------------------------------------- VIF

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from ..errors import Cancelled, InputError
-from .evaluate import METRICS, evaluate
+from .evaluate import METRICS, evaluate, metric_names
 
 
 class _CancelFlag(Protocol):
@@ -55,7 +55,8 @@ def evaluate_volume(
 ) -> VolumeScores:
     """Score a fused volume slice by slice along ``axis``; see the module docstring for the rules.
 
-    :param fused: the fused volume, ``float32`` in [0, 1] (as :func:`~MedFusionLib.fusion.fuse_volume` returns it).
+    :param fused: the fused volume: in [0, 1] as :func:`~MedFusionLib.fusion.fuse_volume` returns it, or any
+        other range (another method's output, an 8-bit volume), which is min-max scaled to [0, 1].
     :param sources: the K >= 2 source volumes it was fused from, on its grid (raw intensities; not modified).
     :param target: optional target (ideal fused) volume on the same grid, for the full-reference metrics.
     :param metrics: metric keys (default: every metric the inputs allow), computed in registry order.
@@ -71,6 +72,7 @@ def evaluate_volume(
     fused = np.asarray(fused)
     if fused.ndim != 3:
         raise InputError(f"fused volume: expected a 3D array, got shape {fused.shape}")
+    fused = _on_unit_range(fused)
     if isinstance(axis, bool) or axis not in (0, 1, 2):
         raise InputError(f"axis: expected 0, 1 or 2, got {axis!r}")
     if len(sources) < 2:
@@ -84,7 +86,7 @@ def evaluate_volume(
         if volume is not None and volume.shape != fused.shape:
             raise InputError(f"{name}: shape {volume.shape} differs from the fused volume's {fused.shape}")
     keys = list(metrics) if metrics is not None else [
-        k for k, m in METRICS.items() if target is not None or m.family != "target"
+        k for k in metric_names() if target is not None or METRICS[k].family != "target"
     ]
 
     count = fused.shape[axis]
@@ -111,3 +113,14 @@ def evaluate_volume(
                 progress((s + 1) / count, f"metrics of slice {s + 1}/{count}")
     means = {key: (float(np.nanmean(v)) if np.any(~np.isnan(v)) else math.nan) for key, v in values.items()}
     return VolumeScores(means, values, np.arange(count), time.perf_counter() - start)
+
+
+def _on_unit_range(volume: np.ndarray) -> np.ndarray:
+    """A fused volume on [0, 1]: MedFusion's own are already; any other is min-max scaled."""
+    low, high = float(np.min(volume)), float(np.max(volume))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InputError("fused volume: contains NaN or infinite values")
+    if 0.0 <= low and high <= 1.0:
+        return volume
+    volume = np.asarray(volume, dtype=np.float64)
+    return (volume - low) / (high - low) if high > low else np.zeros_like(volume)
