@@ -20,6 +20,7 @@ from MedFusionLib.metrics import (
     energy_of_gradient,
     entropy,
     evaluate,
+    evaluate_volume,
     feature_mutual_information,
     format_table,
     fusion_mutual_information,
@@ -622,18 +623,19 @@ def test_backend_argument_is_checked():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_fmi_flat_windows_are_uncorrelated(backend):
-    # Pearson's 0/0 on a flat window is read as 0, so a flat fused image shares no feature
-    # information with anything; rounding in the mean of its uniform pdf once made it +-1.
+def test_fmi_flat_windows(backend):
+    # A flat window against one that varies shares no feature information (Pearson's 0/0 read as 0);
+    # two flat windows score 1, as fmi.m's arithmetic gives them (equal rounding residues, correlated +1).
     from MedFusionLib.metrics import ScoredGroup
     from MedFusionLib.metrics.fmi import _feature_mutual_information
 
     if backend == "numba":
         _needs_numba()
     flat = np.full((7, 3), 162, np.uint8)
-    ramp = (np.add.outer(np.arange(7), np.arange(3)) * 30).astype(np.uint8)  # flat gradient windows too
-    group = ScoredGroup.from_inputs(flat, [A[:7, :3], ramp], backend=backend)
-    assert _feature_mutual_information(group, backend=backend) == pytest.approx(0.0, abs=1e-12)
+    ramp = (np.add.outer(np.arange(7), np.arange(3)) * 30).astype(np.uint8)  # flat gradient windows
+    textured = A[:7, :3]
+    group = ScoredGroup.from_inputs(flat, [textured, ramp], backend=backend)
+    assert _feature_mutual_information(group, backend=backend) == pytest.approx(0.5, abs=1e-12)
 
 
 def test_compiled_filters_repeat_scipys_arithmetic():
@@ -670,3 +672,57 @@ def test_evaluate_leaves_torch_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ volumes
+
+
+def _volume_pair():
+    rng = np.random.default_rng(11)
+    a = rng.random((6, 24, 20)).astype(np.float32) * 1000
+    b = rng.random((6, 24, 20)).astype(np.float32) * 300
+    a[0] = 5.0  # a slice constant in every source: no signal, skipped
+    b[0] = 7.0
+    fused = (a / 1000 + b / 300) / 2
+    return a, b, fused
+
+
+def test_volume_scores_are_the_2d_metrics_slice_by_slice_over_the_slices_with_signal():
+    from MedFusionLib.fusion import to_unit_range
+
+    a, b, fused = _volume_pair()
+    scores = evaluate_volume(fused, [a, b], metrics=["QABF", "MI", "SF"])
+    assert list(scores.slice_indices) == list(range(6))
+    assert all(math.isnan(v[0]) for v in scores.slice_metrics.values())  # the constant slice
+    units = [to_unit_range(x, None, "x") for x in (a, b)]
+    for s in range(1, 6):
+        expected = evaluate(fused[s], [u[s] for u in units], metrics=["QABF"], data_range=(0, 1))["QABF"]
+        assert scores.slice_metrics["QABF"][s] == pytest.approx(expected)
+    assert scores.metrics["QABF"] == pytest.approx(np.mean(scores.slice_metrics["QABF"][1:]))
+    along_j = evaluate_volume(fused, [a, b], metrics=["SF"], axis=1)
+    assert len(along_j.slice_indices) == 24
+    # a fused volume on another range (8-bit, another method's output) is min-max scaled to [0, 1]
+    stretched = (fused - fused.min()) / (fused.max() - fused.min())
+    assert evaluate_volume(fused * 255, [a, b], metrics=["QABF"]).metrics["QABF"] == pytest.approx(
+        evaluate_volume(stretched, [a, b], metrics=["QABF"]).metrics["QABF"])
+
+
+def test_volume_scoring_refuses_bad_input_with_one_clear_error():
+    a, b, fused = _volume_pair()
+    with pytest.raises(InputError, match="3D"):
+        evaluate_volume(fused[0], [a, b])  # a 2D fused image against 3D sources
+    with pytest.raises(InputError, match="shape"):
+        evaluate_volume(fused, [a, b[:, :, :10]])
+    with pytest.raises(InputError, match="at least 2"):
+        evaluate_volume(fused, [a])
+    bad = fused.copy()
+    bad[2, 3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        evaluate_volume(bad, [a, b])
+    nan_source = a.copy()
+    nan_source[1, 1, 1] = np.nan
+    with pytest.raises(InputError):
+        evaluate_volume(fused, [nan_source, b])
+    constant = np.full_like(a, 3.0)
+    scores = evaluate_volume(fused, [constant, constant], metrics=["QABF"])
+    assert math.isnan(scores.metrics["QABF"]) and np.all(np.isnan(scores.slice_metrics["QABF"]))

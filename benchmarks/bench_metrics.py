@@ -4,25 +4,29 @@ Prints the median time of ``LaplacianPyramidFusion(levels=4).fuse([A, B])`` on a
 256x256 pair, the median time of ``evaluate(F, [A, B])`` (every reference-free
 metric) and of ``evaluate(F, [A, B], T)`` (all 20 metrics), their ratios to the
 fusion (the bar: the full set under 10x), the full set again on one thread and on
-the NumPy backend (what runs without numba), and a per-metric breakdown.
+the NumPy backend (what runs without numba), a per-metric breakdown, and volume
+scoring: ``evaluate_volume`` of a 256x256x``--slices`` pair against that many times the
+cost of scoring one of its slices (the bar: at most 1.2x).
 
 The compiled backend splits each image into bands of rows, one per thread numba
 may use (``NUMBA_NUM_THREADS``); the fusion runs on one thread. On a machine shared
 with other work the ratio moves with the load: compare lines of one run only.
 
-Run: ``python benchmarks/bench_metrics.py [--size 256] [--repeats 15]``
+Run: ``python benchmarks/bench_metrics.py [--size 256] [--repeats 15] [--slices 128]``
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import time
 
 import numpy as np
-from _timing import median_time
+from _timing import cpu_name, median_time
 
 from MedFusionLib.baselines import LaplacianPyramidFusion
-from MedFusionLib.metrics import METRICS, evaluate, metrics_backend
+from MedFusionLib.fusion import to_unit_range
+from MedFusionLib.metrics import METRICS, evaluate, evaluate_volume, metric_names, metrics_backend
 
 
 def test_images(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--slices", type=int, default=128, help="slices of the volume pair (0: skip)")
     args = parser.parse_args()
 
     a, b, target = test_images(args.size)
@@ -67,7 +72,7 @@ def main() -> None:
     few = max(3, args.repeats // 3)
     t_numpy = median_time(lambda: evaluate(fused, [a, b], target, backend="numpy"), few)
 
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
+    print(f"CPU: {cpu_name()}, python {platform.python_version()}, "
           f"metrics backend: {metrics_backend()}, {threads} thread(s)")
     print(f"images: {args.size}x{args.size} pair + fused + target, median of {args.repeats} runs")
     print(f"Laplacian-pyramid fusion (4 levels):  {t_fusion * 1e3:8.2f} ms   (baseline, 1.00x)")
@@ -77,10 +82,32 @@ def main() -> None:
     print(f"  the same on one thread:              {t_one * 1e3:8.2f} ms   ratio {t_one / t_fusion:5.2f}x")
     print(f"  the same on the NumPy backend:       {t_numpy * 1e3:8.2f} ms   ratio {t_numpy / t_fusion:5.2f}x   "
           f"(median of {few}; what runs without numba)")
-    print("per metric, each computed alone (shared intermediates not reused):")
+    print("per metric, each computed alone (shared intermediates not reused; variants marked *):")
     for key, info in METRICS.items():
         t = median_time(lambda key=key: evaluate(fused, [a, b], target, metrics=[key]), max(3, args.repeats // 3))
-        print(f"  {info.label:14s} {t * 1e3:8.2f} ms   {t / t_fusion:5.2f}x")
+        print(f"  {info.label + (' *' if info.variant_of else ''):16s} {t * 1e3:8.2f} ms   {t / t_fusion:5.2f}x")
+    if args.slices:
+        _volume_scoring(a, b, args.slices)
+
+
+def _volume_scoring(a: np.ndarray, b: np.ndarray, depth: int) -> None:
+    """``evaluate_volume`` against ``depth`` times one slice's ``evaluate`` on the same [0, 1] data."""
+    # A volume of shifted copies: every slice holds signal and differs from its neighbours.
+    volume_a = np.stack([np.roll(a, k, axis=1) for k in range(depth)])
+    volume_b = np.stack([np.roll(b, k, axis=0) for k in range(depth)])
+    fused = ((volume_a.astype(np.float32) + volume_b) / 510).astype(np.float32)
+    units = [to_unit_range(v, None, "source") for v in (volume_a, volume_b)]
+    keys = metric_names("fused") + metric_names("sources")
+    middle = depth // 2
+    per_slice = median_time(lambda: evaluate(fused[middle], [u[middle] for u in units], metrics=keys,
+                                             data_range=(0.0, 1.0)), 7)
+    evaluate_volume(fused[:2], [volume_a[:2], volume_b[:2]])  # warm
+    start = time.perf_counter()
+    evaluate_volume(fused, [volume_a, volume_b])
+    t_volume = time.perf_counter() - start
+    ratio = t_volume / (depth * per_slice)
+    print(f"volume scoring, {a.shape[0]}x{a.shape[1]}x{depth} pair: {t_volume:6.2f} s against {depth} x "
+          f"{per_slice * 1e3:.2f} ms per slice = {ratio:4.2f}x (bar: <= 1.2x) {'PASS' if ratio <= 1.2 else 'FAIL'}")
 
 
 def _thread_count() -> int:

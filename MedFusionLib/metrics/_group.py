@@ -245,14 +245,6 @@ class ScoredGroup:
 
     # ------------------------------------------------------------------ SSIM statistics
 
-    def gaussian_moments(self, role: Role) -> tuple[np.ndarray, np.ndarray]:
-        """Gaussian-weighted local mean and mean of squares (sigma 1.5, 11 taps), as in SSIM."""
-        def compute():
-            x = self.image(role)
-            return gaussian_11(x), gaussian_11(x * x)
-
-        return self.memo(("gaussian_moments", role), compute)
-
 
 def gaussian_11(image: np.ndarray) -> np.ndarray:
     """SSIM's window: Gaussian sigma 1.5 truncated at 3.5 sigma (11 taps), ``'reflect'`` borders.

@@ -308,26 +308,22 @@ def piella_sums(images, weights, c1, c2, floor, flat, first, end):
 
 @_jit
 def prewitt_magnitude(image):
-    """``sqrt(x^2 + y^2)`` of the 3x3 Prewitt responses with zero padding (``filter2(., 'same')``)."""
+    """``sqrt(x^2 + y^2)`` of the 3x3 Prewitt responses with zero padding (``filter2(., 'same')``).
+
+    x = left column minus right column, y = upper row minus lower row (signs do not reach the
+    magnitude); read from a zero-padded copy so every pixel takes the same arithmetic.
+    """
     height, width = image.shape
+    padded = np.zeros((height + 2, width + 2))
+    padded[1:-1, 1:-1] = image
     out = np.empty((height, width))
     for i in range(height):
+        above = padded[i]
+        here = padded[i + 1]
+        below = padded[i + 2]
         for j in range(width):
-            x = 0.0
-            y = 0.0
-            for t in range(-1, 2):
-                r = i + t
-                if 0 <= r < height:
-                    if j > 0:
-                        x += image[r, j - 1]
-                    if j < width - 1:
-                        x -= image[r, j + 1]
-                c = j + t
-                if 0 <= c < width:
-                    if i > 0:
-                        y += image[i - 1, c]
-                    if i < height - 1:
-                        y -= image[i + 1, c]
+            x = (above[j] + here[j] + below[j]) - (above[j + 2] + here[j + 2] + below[j + 2])
+            y = (above[j] + above[j + 1] + above[j + 2]) - (below[j] + below[j + 1] + below[j + 2])
             out[i, j] = math.sqrt(x * x + y * y)
     return out
 
@@ -367,28 +363,39 @@ def qabf_sums(images, constants, first, end):
     width = images[0].shape[1]
     half_pi = math.pi / 2
     strength = np.empty(count)
-    angle = np.empty(count)
+    response_x = np.empty(count)
+    response_y = np.empty(count)
     numerator = 0.0
     denominator = 0.0
     for i in range(first, end):
         for j in range(width):
+            edge = False
             for p in range(count):
                 x, y = _sobel_zero_padded_at(images[p], i, j)
                 x = -255.0 * x  # conv2(255 p, h3): left minus right
                 y = 255.0 * y
+                response_x[p] = x
+                response_y[p] = y
                 strength[p] = math.sqrt(x * x + y * y)
-                angle[p] = half_pi if x == 0.0 else math.atan(y / x)
+                edge = edge or (p < count - 1 and strength[p] > 0.0)
+            if not edge:
+                continue  # no source edge: the pixel adds exactly 0 to both sums
             g_f = strength[count - 1]
-            a_f = angle[count - 1]
+            x_f = response_x[count - 1]
+            a_f = half_pi if x_f == 0.0 else math.atan(response_y[count - 1] / x_f)
             for k in range(count - 1):
                 g_s = strength[k]
+                if g_s == 0.0:
+                    continue  # weight 0 (the orientation and sigmoids are not needed)
+                x_s = response_x[k]
+                a_s = half_pi if x_s == 0.0 else math.atan(response_y[k] / x_s)
                 if g_s > g_f:
                     ratio = g_f / g_s
                 elif g_s == g_f:
                     ratio = g_f
                 else:
                     ratio = g_s / g_f
-                agreement = 1.0 - abs(angle[k] - a_f) / half_pi
+                agreement = 1.0 - abs(a_s - a_f) / half_pi
                 quality = gamma_g / (1.0 + math.exp(k_g * (ratio - d_g))) * (
                     gamma_a / (1.0 + math.exp(k_a * (agreement - d_a))))
                 numerator += quality * g_s
@@ -605,6 +612,17 @@ def quality_sums(images, win_rows, win_cols, floor, first, end):
 # writes each coupling cell's joint value, NumPy takes those logs, fmi_scores sums.
 
 
+@_jit_inline
+def _window_is_flat(image, r, c, win_rows, win_cols):
+    """Whether the window with top-left corner (r, c) holds one value only."""
+    first = image[r, c]
+    for dr in range(win_rows):
+        for dc in range(win_cols):
+            if image[r + dr, c + dc] != first:
+                return False
+    return True
+
+
 @_jit
 def fmi_windows(features, r0, r1, win_rows, win_cols, pdf, cdf, log_argument, stats):
     """Every image's window distributions for the windows whose top row is in ``[r0, r1)``.
@@ -759,6 +777,9 @@ def fmi_pairs(features, r0, r1, win_rows, win_cols, pdf, cdf, log_pdf, stats, jo
                             break
                     if not identical:
                         break
+                if not identical and _window_is_flat(image, r, c, win_rows, win_cols) and _window_is_flat(
+                        fused, r, c, win_rows, win_cols):
+                    identical = True  # two flat windows score 1, as in fmi.m (see fmi._fmi_window_scores)
                 same[k, n] = identical
                 if identical:
                     for e in range(2 * length + 1):

@@ -57,7 +57,10 @@ def _fmi_window_scores(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
     of ``#{P_F >= t} * #{P_S >= t}`` (or ``#{1 - P_S <= t}``) over the same intervals.
     """
     n, length = source.shape
-    identical = np.all(source == fused, axis=1)
+    # Two flat windows score 1 like identical ones: in fmi.m their uniform pdfs centre to the
+    # same rounding residue (mean(ones(9,1)/9) is not exactly 1/9), so their correlation is +1
+    # and the window scores 1 (to 1e-14).
+    identical = np.all(source == fused, axis=1) | (_is_flat(source)[:, 0] & _is_flat(fused)[:, 0])
 
     def to_pdf(x: np.ndarray) -> np.ndarray:
         lo = x.min(axis=1, keepdims=True)
@@ -152,8 +155,11 @@ def feature_mutual_information(
     normalised mutual information ``2 I / (H_S + H_F)``. FMI is the mean over windows
     and sources (Haghighat, Aghagolzadeh & Seyedarabi, Comput. Electr. Eng. 37(5),
     2011; Haghighat & Razian, "Fast-FMI", IEEE AICT 2014; their ``fmi.m``).
-    Identical windows score 1; windows whose normalised MI is undefined score 0; a
-    flat window is uncorrelated with every other (Pearson's 0/0 read as 0).
+    Identical windows score 1, and so do two flat windows (what ``fmi.m``'s arithmetic
+    gives them: their centred pdfs are equal rounding residues, correlated +1); a flat
+    window against one that varies is uncorrelated (Pearson's 0/0 read as 0); windows whose
+    normalised MI is undefined score 0. Checked against ``fmi.m`` (mhaghighat/fmi, commit
+    2268df2) under Octave (``Testing/reference_metrics``).
     Higher is better. Range [0, 1] (nominally; ``fmi.m``'s approximation of the joint
     entropy can push single windows slightly outside).
 

@@ -13,9 +13,10 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from skimage.metrics import structural_similarity
 
 from ._common import SCORE_MAX, VARIANCE_FLOOR, DataRange, window_shape
-from ._group import QUALITY_WINDOW, Role, ScoredGroup, gaussian_11, in_row_bands
+from ._group import QUALITY_WINDOW, Role, ScoredGroup, in_row_bands
 
 #: Side of SSIM's Gaussian window (sigma 1.5 truncated at 3.5 sigma, as in Wang et al. 2004).
 SSIM_WINDOW = 11
@@ -31,32 +32,22 @@ _SSIM_WEIGHTS /= _SSIM_WEIGHTS.sum()
 def ssim_between(group: ScoredGroup, reference: Role, image: Role = "F") -> float:
     """SSIM(reference, image) with the settings of Wang et al. 2004 (see :func:`ssim_to_sources`).
 
-    The arithmetic is ``skimage.metrics.structural_similarity``'s (Gaussian
-    weights, population statistics, borders of 5 pixels cropped before the mean),
-    written out so the filtered fused image is shared by every pair; the tests
-    check it against scikit-image. Only the cropped interior enters the mean, and
-    there the 11-tap window never reaches past the image, so the border mode of the
-    filter does not matter.
+    The NumPy backend calls ``skimage.metrics.structural_similarity`` (Gaussian weights,
+    population statistics, borders of 5 pixels cropped before the mean); the compiled one
+    (:func:`_ssim_to_fused`) computes the same sums for every source against the fused image
+    in one pass, and the tests check it against scikit-image. Images smaller than one 11x11
+    window use the SSIM formula on global statistics (scikit-image refuses them).
     """
     x, y = group.image(reference), group.image(image)
     if min(x.shape) < SSIM_WINDOW:
-        # Smaller than one window: the SSIM formula on global statistics (one window).
         mx, my = x.mean(), y.mean()
         cov = ((x - mx) * (y - my)).mean()
         return float((2 * mx * my + _SSIM_C1) * (2 * cov + _SSIM_C2)
                      / ((mx**2 + my**2 + _SSIM_C1) * (x.var() + y.var() + _SSIM_C2)))
     if group.kernels is not None and image == "F":
         return _ssim_to_fused(group)[reference]
-    mean_x, square_x = group.gaussian_moments(reference)
-    mean_y, square_y = group.gaussian_moments(image)
-    var_x = square_x - mean_x * mean_x
-    var_y = square_y - mean_y * mean_y
-    cov = gaussian_11(x * y) - mean_x * mean_y
-    ssim_map = ((2 * mean_x * mean_y + _SSIM_C1) * (2 * cov + _SSIM_C2)) / (
-        (mean_x * mean_x + mean_y * mean_y + _SSIM_C1) * (var_x + var_y + _SSIM_C2)
-    )
-    pad = SSIM_WINDOW // 2
-    return float(ssim_map[pad:-pad, pad:-pad].mean())
+    return float(structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                       data_range=SCORE_MAX))
 
 
 def _ssim_to_fused(group: ScoredGroup) -> dict[Role, float]:

@@ -4,15 +4,17 @@ Usage::
 
     python Testing/reference_metrics/generate_fixtures.py --sources /tmp/refsrc
 
-``--sources`` is a folder holding the two reference repositories at the commits in ``REFERENCE_FILES``
-(``VIFB/metrics/*.m`` and ``imageFusionMetrics/*.m``; see README.md for the ``git clone`` commands).
+``--sources`` is a folder holding the reference code at the commits in ``REFERENCE_FILES``: ``VIFB/metrics/*.m``,
+``imageFusionMetrics/*.m``, ``Tang/*.m`` (the folder ``General Evaluation Metric/Evaluation/`` of
+Linfeng-Tang/Image-Fusion) and ``fmi/fmi.m`` (mhaghighat/fmi); see README.md for the ``git clone`` commands.
 Their code is only read from there and is never copied into this repository.
 
 The script makes the test images deterministically (NumPy, seeded), writes them as 8-bit greyscale PNG files to a
 temporary folder, makes a patched copy of ``metricPeilla.m`` in that folder (case 3 reads ``Q`` before assigning
 it), runs ``run_references.m`` under Octave with the image package, and writes ``fixtures.json`` next to this file.
 It refuses to run if a source file differs from the one recorded in an existing ``fixtures.json``, unless
-``--accept-new-sources`` is given.
+``--accept-new-sources`` is given; ``--accept-unrecorded-sources`` records files not yet in ``fixtures.json`` while
+still requiring every recorded file to match.
 
 Only NumPy and the standard library are needed (plus ``octave`` with the ``image`` package on PATH).
 """
@@ -42,17 +44,40 @@ VIFB_REPO = "xingchenzhang/VIFB"
 VIFB_COMMIT = "5d29ee72176551bca1e7823598f4a1f7f5f2467f"
 LIU_REPO = "zhengliu6699/imageFusionMetrics"
 LIU_COMMIT = "d6f7f1a0c0a13e7d19bc1e8e4d4f3ad51f439273"
+TANG_REPO = "Linfeng-Tang/Image-Fusion"
+TANG_COMMIT = "53f5542f0c3b6f457ab7f87f0939127de6dd6a1e"
+TANG_FOLDER = "General Evaluation Metric/Evaluation"
+FMI_REPO = "mhaghighat/fmi"
+FMI_COMMIT = "2268df2606d0dfb81b8807b3ab13c55e2d8b1926"
 
 VIFB_METRICS = [
     "Avg_gradient", "Cross_entropy", "Edge_intensity", "Entropy", "Mutinf", "Psnr", "Qabf",
     "Qcb", "Qcv", "Rmse", "Spatial_frequency", "Ssim", "Variance",
 ]
 
+# Tang's analysis_Reference.m and every file it runs (Evaluation_for_Single_Image.m, which calls it, is read but
+# not run; the other files of the folder are not called).
+TANG_FILES = [
+    "analysis_Reference.m", "SF_evaluation.m", "SD_evaluation.m", "PSNR_evaluation.m", "MSE_evaluation.m",
+    "MI_evaluation.m", "Hab.m", "vifp_mscale.m", "AG_evaluation.m", "CC_evaluation.m", "analysis_SCD.m",
+    "analysis_Qabf.m", "analysis_nabf.m", "sobel_fn.m", "per_extn_im_fn.m", "mef_ssim.m", "analysis_ms_ssim.m",
+    "analysis_fmi.m",
+]
+# The outputs of analysis_Reference, in its order; easy = 1 computes the first 11, easy = 0 the other 6.
+TANG_METRICS = ["EN", "SF", "SD", "PSNR", "MSE", "MI", "VIF", "AG", "CC", "SCD", "Qabf",
+                "Nabf", "SSIM", "MS_SSIM", "FMI_pixel", "FMI_dct", "FMI_w"]
+TANG_EASY = TANG_METRICS[:11]
+FMI_CALLS = ["fmi_gradient_w3", "fmi_none_w3", "fmi_dct_w3", "fmi_default"]
+
 # (repository, commit, path inside the repository, path under --sources)
 REFERENCE_FILES = [
     (VIFB_REPO, VIFB_COMMIT, f"metrics/metrics{m}.m", f"VIFB/metrics/metrics{m}.m") for m in VIFB_METRICS
 ] + [
     (LIU_REPO, LIU_COMMIT, p, f"imageFusionMetrics/{p}") for p in ("metricXydeas.m", "metricPeilla.m", "ssim_index.m")
+] + [
+    (TANG_REPO, TANG_COMMIT, f"{TANG_FOLDER}/{f}", f"Tang/{f}") for f in TANG_FILES
+] + [
+    (FMI_REPO, FMI_COMMIT, "fmi.m", "fmi/fmi.m"),
 ]
 
 PEILLA_INSERTED_LINE = "Q = metricPeilla(img1, img2, fuse, 2);"
@@ -65,7 +90,14 @@ PEILLA_PATCH_REASON = (
     "metricPeilla sw=1 and sw=2, and all other metrics, run from the unmodified files."
 )
 
-OCTAVE_TIMEOUT_S = 1800
+# Why a metric can return a non-finite number (appended to the absent entry).
+NONFINITE_NOTES = {
+    "Tang/MS_SSIM": " (analysis_ms_ssim returns -Inf when min(rows, cols)/2^(level-1) = min(rows, cols)/4 is smaller "
+    "than the 11-pixel window)",
+    "Tang/SCD": " (corr2(F-A, B) or corr2(F-B, A) is 0/0 when F equals a source)",
+}
+
+OCTAVE_TIMEOUT_S = 3600  # a run takes about 4 minutes, most of it in fmi.m's loops
 
 # What each reference function does with its arguments (read from the sources; see README.md).
 METRIC_NOTES = {
@@ -98,6 +130,53 @@ METRIC_NOTES = {
     "Liu/metricPeilla_sw3_unpatched": "Piella Q_E (sw=3) as published: expected to fail (Q undefined).",
     "Liu/metricPeilla_sw3_patched": "Piella Q_E (sw=3) from the patched copy: Q_W(A,B,F) * Q_W(A',B',F') with "
     "A',B',F' the Prewitt edge magnitudes.",
+    # Tang: analysis_Reference(F, A, B, easy) with image_ir = A, image_vis = B; image1/2/_fused = im2double(.)
+    # are the 0..1 images.
+    "Tang/EN": "entropy(F) of the uint8 F (Octave image package: 256-bin imhist, log2).",
+    "Tang/SF": "SF_evaluation(im2double(F)): sqrt(mean(diff(F,1,1).^2) + mean(diff(F,1,2).^2)), each mean over its "
+    "own differences ((rows-1)*cols, rows*(cols-1)), on the 0..1 scale.",
+    "Tang/SD": "SD_evaluation(F) on the uint8 F: u = mean (double), but F-u and .^2 are uint8 arithmetic (negative "
+    "deviations saturate to 0, the rest is rounded, squares saturate at 255); sqrt(sum/(rows*cols)).",
+    "Tang/PSNR": "PSNR_evaluation(im2double A, B, F): 20*log10(255/sqrt(M)), M = mean of the two mean squared errors "
+    "on the 0..1 scale (peak 255 with 0..1 errors: 20*log10(255) dB above the usual PSNR).",
+    "Tang/MSE": "MSE_evaluation(im2double A, B, F): (MSE(A,F) + MSE(B,F))/2 on the 0..1 scale.",
+    "Tang/MI": "MI_evaluation(A, B, F, 256) on uint8: MI(F,A) + MI(F,B) (sum), bits; marginal entropies from "
+    "entropy(), joint entropies from Hab.m's 256x256 histogram of X+1 with uint8 saturation (255+1 = 255, so grey "
+    "levels 254 and 255 share a joint bin).",
+    "Tang/VIF": "vifp_mscale(A, F) + vifp_mscale(B, F) (sum over sources) on the uint8 images: Sheikh-Bovik pixel VIF, "
+    "4 scales, Gaussian N=2^(5-s)+1 sigma N/5, 'valid', sigma_nsq=2; at scale 1 ref.*ref, dist.*dist and ref.*dist "
+    "are uint8 products saturating at 255.",
+    "Sheikh/vifp_mscale_double": "vifp_mscale(double(A), double(F)) + vifp_mscale(double(B), double(F)): the same "
+    "vifp_mscale.m (Tang's copy of Sheikh & Bovik's code) on double images, as its authors' example calls it, so "
+    "no uint8 product saturates.",
+    "Tang/AG": "AG_evaluation(F): double(F); gradient(); sum(sqrt((gx^2+gy^2)/2)) / ((rows-1)*(cols-1)).",
+    "Tang/CC": "CC_evaluation(im2double A, B, F): mean of the Pearson correlations r(A,F), r(B,F) (r(B,F)'s numerator "
+    "centres B with mean(A), which changes nothing as sum(F - mean F) = 0).",
+    "Tang/SCD": "analysis_SCD(im2double A, B, F): corr2(F-B, A) + corr2(F-A, B).",
+    "Tang/Qabf": "analysis_Qabf(im2double A, B, F): Xydeas-Petrovic, Tg=0.9994 kg=-15 Dg=0.5 Ta=0.9879 ka=-22 Da=0.8, "
+    "conv2 'same' Sobel (zero padding), angle atan(Sy/Sx) (pi/2 where Sx=0), G=gF where gA==gF, weights gA, gB; on "
+    "the 0..1 scale.",
+    "Tang/Nabf": "analysis_nabf(im2double F, A, B): Shreyamsha Kumar's modified fusion-artefact measure N_ABF; Sobel/8 "
+    "on a mirrored border (per_extn_im_fn), Td=2, wt_min=0.001, Lg=1.5; on the 0..1 scale no edge reaches Td, so all "
+    "weights are wt_min.",
+    "Tang/SSIM": "mef_ssim(imgSeq, F), imgSeq = cat(3, A, B) as double: Ma et al.'s MEF-SSIM (one structural reference "
+    "patch built from both sources), K=0.03, Gaussian 11x11 sigma 1.5, 'valid' windows.",
+    "Tang/MS_SSIM": "analysis_ms_ssim(imgSeq, F): MEF-SSIM at 3 scales (2x2 mean, 'symmetric' border, decimation), "
+    "weights [0.0448 0.2856 0.3001]/sum; returns -Inf when min(rows, cols)/4 < 11.",
+    "Tang/FMI_pixel": "analysis_fmi(im2double A, B, F) (a copy of Haghighat's fmi.m): the default feature is 'edge' "
+    "(binary edge() maps: Octave's default Sobel with automatic threshold), not raw pixels as the name says; w=3; "
+    "mean over windows of (FMI_AF + FMI_BF)/2.",
+    "Tang/FMI_dct": "analysis_fmi(..., 'dct'): needs dct2, which Octave does not provide.",
+    "Tang/FMI_w": "analysis_fmi(..., 'wavelet'): needs dwt2 with the 'dmey' wavelet, which Octave does not provide.",
+    "Haghighat/fmi_gradient_w3": "fmi(A, B, F, 'gradient', 3): feature = one-output gradient() (horizontal derivative "
+    "only); fast-FMI per 3x3 window; result = mean over windows of (FMI_AF + FMI_BF)/2, i.e. already the mean over "
+    "the two sources. A window pair that is flat in both images but not equal scores ~1 (1.0000000000000104): "
+    "mean(ones(9,1)/9) exceeds 1/9 by 2.8e-17 in floating point, so both centred pdfs are the same tiny constant and "
+    "Pearson's c is exactly +1.",
+    "Haghighat/fmi_none_w3": "fmi(A, B, F, 'none', 3): as fmi_gradient_w3 on raw pixels.",
+    "Haghighat/fmi_dct_w3": "fmi(A, B, F, 'dct', 3): needs dct2, which Octave does not provide.",
+    "Haghighat/fmi_default": "fmi(A, B, F): defaults feature='edge', w=3, on double(X) 0..255 images; Octave's edge() "
+    "rejects double images outside [0, 1] (MATLAB's accepts them).",
 }
 
 
@@ -146,7 +225,13 @@ def read_sources(src_root: Path) -> list[dict]:
     return entries
 
 
-def check_against_recorded(entries: list[dict], output: Path, accept_new: bool) -> None:
+def check_against_recorded(entries: list[dict], output: Path, accept_new: bool,
+                           accept_unrecorded: bool = False) -> None:
+    """Refuse sources that differ from those recorded in ``output``.
+
+    ``accept_new`` accepts every difference; ``accept_unrecorded`` accepts only files that ``output`` does not
+    record yet (a new toolbox), while recorded files must still match.
+    """
     if not output.is_file():
         return
     recorded = {(e["repo"], e["path"]): e for e in json.loads(output.read_text())["sources"]["files"]}
@@ -154,7 +239,11 @@ def check_against_recorded(entries: list[dict], output: Path, accept_new: bool) 
     for e in entries:
         old = recorded.get((e["repo"], e["path"]))
         if old is None:
-            problems.append(f"{e['repo']}:{e['path']} is not recorded in {output.name}")
+            message = f"{e['repo']}:{e['path']} is not recorded in {output.name}"
+            if accept_unrecorded and not accept_new:
+                print(f"warning (accepted, not recorded before): {message}", file=sys.stderr)
+                continue
+            problems.append(message)
         elif old["commit"] != e["commit"]:
             problems.append(f"{e['repo']}:{e['path']} commit {e['commit']} != recorded {old['commit']}")
         elif e["sha256"] != old["sha256"] and e["sha256_text"] != old["sha256_text"]:
@@ -164,7 +253,7 @@ def check_against_recorded(entries: list[dict], output: Path, accept_new: bool) 
         sys.exit("generate_fixtures: the reference sources differ from those recorded in "
                  f"{output}:\n  " + "\n  ".join(problems)
                  + "\nCheck the sources (repository, commit, files); rerun with --accept-new-sources to "
-                 "record the new ones.")
+                 "record the new ones (--accept-unrecorded-sources accepts only files not recorded yet).")
     for p in problems:
         print(f"warning (accepted): {p}", file=sys.stderr)
 
@@ -329,7 +418,7 @@ def run_octave(octave: str, env_paths: dict) -> str:
 
 
 def parse_output(stdout: str) -> dict:
-    out = {"versions": {}, "images": {}, "values": {}, "errors": {}, "which": {}}
+    out = {"versions": {}, "images": {}, "values": {}, "errors": {}, "which": {}, "check": {}, "check_errors": {}}
     for line in stdout.splitlines():
         parts = line.split("\t")
         tag = parts[0]
@@ -344,13 +433,18 @@ def parse_output(stdout: str) -> dict:
             out["errors"][(parts[1], parts[2])] = parts[3] if len(parts) > 3 else ""
         elif tag == "WHICH":
             out["which"][parts[1]] = parts[2] if len(parts) > 2 else ""
+        elif tag == "CHECK":
+            out["check"][(parts[1], f"Tang/{parts[2]}")] = float(parts[3])
+        elif tag == "CHECKERR":
+            out["check_errors"][parts[1]] = parts[2] if len(parts) > 2 else ""
     return out
 
 
 def metric_names() -> list[str]:
     return [f"VIFB/metrics{m}" for m in VIFB_METRICS] + [
         "Liu/metricXydeas", "Liu/metricPeilla_sw1", "Liu/metricPeilla_sw2",
-        "Liu/metricPeilla_sw3_unpatched", "Liu/metricPeilla_sw3_patched"]
+        "Liu/metricPeilla_sw3_unpatched", "Liu/metricPeilla_sw3_patched"] + [
+        f"Tang/{m}" for m in TANG_METRICS] + ["Sheikh/vifp_mscale_double"] + [f"Haghighat/{c}" for c in FMI_CALLS]
 
 
 # --------------------------------------------------------------------------------------------- JSON
@@ -383,16 +477,19 @@ def dump_json(obj: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sources", required=True, type=Path,
-                    help="folder holding VIFB/ and imageFusionMetrics/ at the recorded commits")
+                    help="folder holding VIFB/, imageFusionMetrics/, Tang/ and fmi/ at the recorded commits")
     ap.add_argument("--accept-new-sources", action="store_true",
                     help="record sources that differ from those in the existing fixtures.json")
+    ap.add_argument("--accept-unrecorded-sources", action="store_true",
+                    help="record source files that the existing fixtures.json does not list yet; files it lists "
+                         "must still match")
     ap.add_argument("--octave", default="octave", help="the Octave executable (default: octave)")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write (default: %(default)s)")
     args = ap.parse_args(argv)
 
     src_root = args.sources.resolve()
     entries = read_sources(src_root)
-    check_against_recorded(entries, args.output, args.accept_new_sources)
+    check_against_recorded(entries, args.output, args.accept_new_sources, args.accept_unrecorded_sources)
     cases = make_cases()
 
     with tempfile.TemporaryDirectory(prefix="medfusion_refmet_") as tmp:
@@ -414,6 +511,8 @@ def main(argv=None) -> int:
             "REFMET_VIFB": str(src_root / "VIFB" / "metrics"),
             "REFMET_LIU": str(src_root / "imageFusionMetrics"),
             "REFMET_PATCHED": str(tmp / "peilla_patched"),
+            "REFMET_TANG": str(src_root / "Tang"),
+            "REFMET_FMI": str(src_root / "fmi"),
         })
     res = parse_output(stdout)
 
@@ -433,7 +532,9 @@ def main(argv=None) -> int:
         if fn == "metricPeilla_patched":
             ok = where.startswith(str(Path(tempfile.gettempdir()).resolve())) or "peilla_patched" in where
         else:
-            ok = where.startswith(str(src_root))
+            # Tang/ may be a link to the folder inside a clone of Image-Fusion.
+            ok = where.startswith(str(src_root)) or any(
+                where.startswith(str((src_root / d).resolve())) for d in ("Tang", "fmi"))
         if not ok:
             sys.exit(f"generate_fixtures: Octave resolved {fn} to {where!r}, not to the given sources")
 
@@ -443,7 +544,9 @@ def main(argv=None) -> int:
         values, absent = {}, {}
         for m in names:
             key = (c["name"], m)
-            if key in res["values"]:
+            if key in res["values"] and not np.isfinite(res["values"][key]):
+                absent[m] = f"non-finite result {res['values'][key]!r}" + NONFINITE_NOTES.get(m, "")
+            elif key in res["values"]:
                 values[m] = res["values"][key]
             elif key in res["errors"]:
                 absent[m] = res["errors"][key]
@@ -451,6 +554,27 @@ def main(argv=None) -> int:
                 absent[m] = "no output from Octave"
         out_cases.append({"name": c["name"], "description": c["description"], "shape": list(c["A"].shape),
                           "values": values, "absent": absent, "A": c["A"], "B": c["B"], "F": c["F"]})
+
+    # analysis_Reference(F, A, B, 1) itself must give exactly the numbers of the per-metric calls.
+    check_errors = {}
+    for c in cases:
+        if c["name"] in res["check_errors"]:
+            check_errors[c["name"]] = res["check_errors"][c["name"]]
+            continue
+        for m in TANG_EASY:
+            key = (c["name"], f"Tang/{m}")
+            mine, theirs = res["values"].get(key), res["check"].get(key)
+            if mine is None or theirs is None or not (mine == theirs or (np.isnan(mine) and np.isnan(theirs))):
+                sys.exit(f"generate_fixtures: {c['name']}: Tang/{m} = {mine!r} from the per-metric call, but "
+                         f"analysis_Reference(F, A, B, 1) gave {theirs!r}")
+    tang_check = {
+        "call": "[EN, SF, SD, PSNR, MSE, MI, VIF, AG, CC, SCD, Qabf] = analysis_Reference(F, A, B, 1)",
+        "result": "identical to the per-metric values in every case" if not check_errors else
+                  "identical to the per-metric values in the cases without an error",
+        "errors": check_errors,
+        "not_run": "analysis_Reference(F, A, B, 0): it computes FMI_dct, which fails under Octave (no dct2), so the "
+                   "call as a whole fails; its six metrics are recorded one by one.",
+    }
 
     # Metrics that failed on every case, with their (first) reason.
     absent_metrics = {}
@@ -460,8 +584,9 @@ def main(argv=None) -> int:
             absent_metrics[m] = reasons[0]
 
     doc = {
-        "description": "Fusion-metric values computed by published MATLAB reference code (VIFB and Z. Liu's "
-                       "imageFusionMetrics) run under GNU Octave on small uint8 test images. Generated by "
+        "description": "Fusion-metric values computed by published MATLAB reference code (VIFB, Z. Liu's "
+                       "imageFusionMetrics, L. Tang's Image-Fusion evaluation code and M. Haghighat's fmi.m) run "
+                       "under GNU Octave on small uint8 test images. Generated by "
                        "Testing/reference_metrics/generate_fixtures.py; see README.md there. Images are row-major "
                        "lists of rows; A and B are the sources (VIFB's imgVI, imgIR), F the fused image.",
         "sources": {
@@ -472,12 +597,21 @@ def main(argv=None) -> int:
                            "(UTF-8, else Latin-1) and converting line endings to LF, encoded as UTF-8. A source "
                            "matches if either agrees.",
             "metricPeilla_patch": patch_info,
+            "Tang_analysis_Reference_check": tang_check,
         },
         "calls": {
             "VIFB": "res = metricsX(A, B, F) with A, B, F uint8 as returned by imread, as VIFB's "
                     "compute_metrics.m passes (imgVI, imgIR, sFused).",
             "Liu": "res = metricX(double(A), double(B), double(F)) (fusionAssess.m applies double() to the "
                    "sources); metricPeilla(..., sw) for sw = 1, 2, 3.",
+            "Tang": "Evaluation_for_Single_Image.m calls analysis_Reference(fused_image, ir_image, vi_image, easy) "
+                    "with the three images as returned by imread; here ir_image = A, vi_image = B, fused_image = F "
+                    "(uint8). Each metric is called as analysis_Reference calls it (its conversions: im2double to "
+                    "0..1 for SF, PSNR, MSE, CC, SCD, Qabf, Nabf, FMI; uint8 for EN, SD, MI, VIF, AG; "
+                    "imgSeq = cat(3, A, B) as double for SSIM and MS_SSIM; VIF summed over the two sources), one "
+                    "metric per call; keys are analysis_Reference's output names.",
+            "Haghighat": "nfmi = fmi(A, B, F, feature, w) with A, B, F uint8 as read (fmi.m applies double()); "
+                         "fmi_default is fmi(A, B, F), i.e. feature 'edge', w = 3.",
         },
         "metric_notes": {m: METRIC_NOTES[m] for m in names},
         "absent_metrics": absent_metrics,
