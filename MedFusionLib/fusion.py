@@ -131,6 +131,40 @@ def to_unit_range(image: np.ndarray, modality: str | None = None, name: str = "i
     return np.asarray(percentile_normalise(array), dtype=np.float32)
 
 
+def _is_sitk(item: object) -> bool:
+    import SimpleITK as sitk
+
+    return isinstance(item, sitk.Image)
+
+
+#: What the fusion functions take as an image or volume, for messages.
+ACCEPTED_INPUTS = "a NumPy array, a SimpleITK.Image or a MedFusionLib LoadedImage"
+
+
+def as_loaded_image(item: object, name: str) -> LoadedImage:
+    """An input image as a :class:`LoadedImage`: kept, converted from ``SimpleITK.Image`` (geometry
+    included) or wrapped from an array. Anything else is refused at once, before NumPy could try to
+    iterate it element by element (a ``SimpleITK.Image`` given to ``np.asarray`` takes seconds).
+
+    :param item: the input.
+    :param name: how messages name it ("source A", "volume B", ...).
+    """
+    if isinstance(item, LoadedImage):
+        return item
+    import SimpleITK as sitk
+
+    if isinstance(item, sitk.Image):
+        return LoadedImage.from_sitk(item, name)
+    if isinstance(item, (np.ndarray, list, tuple)) or hasattr(item, "__array__"):
+        array = np.asarray(item)
+        if array.dtype == object:
+            raise InputError(f"{name}: expected {ACCEPTED_INPUTS}, got a {type(item).__name__} of objects")
+        if array.ndim not in (2, 3):
+            raise InputError(f"{name}: expected a 2D or 3D image, got shape {array.shape}")
+        return LoadedImage.from_array(array)
+    raise InputError(f"{name}: expected {ACCEPTED_INPUTS}, got {type(item).__name__}")
+
+
 def _prepare_group(
     images: Sequence[object], modalities: Sequence[str | None] | None
 ) -> tuple[list[np.ndarray], Chroma | None]:
@@ -145,6 +179,13 @@ def _prepare_group(
     chroma: Chroma | None = None
     for index, image in enumerate(images):
         name = source_name(index)
+        if not isinstance(image, LoadedImage):
+            import SimpleITK as sitk
+
+            if isinstance(image, sitk.Image):
+                image = LoadedImage.from_sitk(image, name)
+            elif not (isinstance(image, (np.ndarray, list, tuple)) or hasattr(image, "__array__")):
+                raise InputError(f"{name}: expected {ACCEPTED_INPUTS}, got {type(image).__name__}")
         array = image.array if isinstance(image, LoadedImage) else np.asarray(image)
         is_colour = image.is_color if isinstance(image, LoadedImage) else (array.ndim == 3 and array.shape[-1] in (3, 4))
         if is_colour:
@@ -209,7 +250,7 @@ def fuse(
 
 
 def fuse_volume(
-    volumes: Sequence[LoadedImage | np.ndarray],
+    volumes: Sequence[object],
     model: Method = "default",
     *,
     axis: int = 0,
@@ -219,7 +260,7 @@ def fuse_volume(
     modalities: Sequence[str | None] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
-) -> LoadedImage:
+) -> object:
     """Fuse K registered 3D volumes slice by slice and reassemble a volume on the first one's grid.
 
     Each volume is standardised as a whole (so slices stay comparable), cut into 2D
@@ -227,7 +268,8 @@ def fuse_volume(
     NIfTI/NRRD), fused in batches of ``batch_size`` slices, and stacked back. The
     result has exactly the first volume's origin, spacing and direction.
 
-    :param volumes: :class:`LoadedImage` volumes (geometry checked) or 3D arrays (shape checked).
+    :param volumes: ``SimpleITK.Image`` or :class:`LoadedImage` volumes (geometry checked) or 3D arrays
+        (shape checked); anything else is refused at once, naming what is accepted.
     :param model: as in :func:`fuse`.
     :param axis: the array axis to slice along (0, 1 or 2).
     :param batch_size: slices per forward pass; default 4 on the CPU (larger batches fall out of
@@ -237,7 +279,9 @@ def fuse_volume(
     :param modalities: as in :func:`fuse`.
     :param progress: ``progress(fraction, message)`` after every batch.
     :param cancel: ``cancel.is_set()`` is checked between batches; raises :class:`FusionCancelled`.
-    :returns: a float32 :class:`LoadedImage` in [0, 1].
+    :returns: float32 in [0, 1] on the first volume's grid, of the first volume's kind: a
+        ``SimpleITK.Image`` for a ``SimpleITK.Image`` (origin, spacing and direction exactly its),
+        else a :class:`LoadedImage`.
     """
     method = load_method(model)
     if isinstance(volumes, (np.ndarray, str, bytes)) or not isinstance(volumes, Sequence) or len(volumes) < 2:
@@ -248,7 +292,9 @@ def fuse_volume(
         batch_size = check_int(batch_size, "batch_size")
     if modalities is not None and len(modalities) != len(volumes):
         raise InputError(f"modalities: {len(modalities)} given for {len(volumes)} volumes")
-    loaded = [v if isinstance(v, LoadedImage) else LoadedImage.from_array(np.asarray(v)) for v in volumes]
+    loaded = [as_loaded_image(v, f"volume {source_name(i)}") for i, v in enumerate(volumes)]
+    # Geometry is compared where both volumes carry one (an array has none of its own).
+    carries_geometry = [isinstance(v, LoadedImage) or _is_sitk(v) for v in volumes]
     for index, volume in enumerate(loaded):
         if volume.is_color or volume.array.ndim != 3:
             raise InputError(
@@ -262,7 +308,7 @@ def fuse_volume(
                 f"volume {source_name(index)}: shape {volume.array.shape} differs from {reference.array.shape}; "
                 "resample it onto source A's grid first (medfusion fuse --register)"
             )
-        if isinstance(volumes[index], LoadedImage) and isinstance(volumes[0], LoadedImage):
+        if carries_geometry[index] and carries_geometry[0]:
             if not volume.geometry_matches(reference):
                 raise InputError(
                     f"volume {source_name(index)}: origin, spacing or direction differ from source A; "
@@ -301,7 +347,8 @@ def fuse_volume(
             if progress is not None:
                 progress(stop / count, f"fused slices {stop}/{count}")
     np.clip(fused, 0.0, 1.0, out=fused)  # in place: a second volume-sized array would cost memory
-    return LoadedImage(np.moveaxis(fused, 0, axis), reference.spacing, reference.origin, reference.direction)
+    result = LoadedImage(np.moveaxis(fused, 0, axis), reference.spacing, reference.origin, reference.direction)
+    return result.to_sitk() if _is_sitk(volumes[0]) else result  # the kind of the first input
 
 
 #: File extensions written as 8-bit grey levels (``round(255 * fused)``); others hold float32 in [0, 1].

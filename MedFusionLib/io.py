@@ -151,6 +151,15 @@ class LoadedImage:
         )
         return cls(array, spacing, origin, direction, path, is_color)
 
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, name: str = "image") -> "LoadedImage":
+        """The pixels and geometry of a ``SimpleITK.Image`` (copied), checked as :func:`read_image` checks files.
+
+        :param image: a 2D or 3D grey image, or a 2D RGB/RGBA one.
+        :param name: how messages name it.
+        """
+        return _to_loaded(image, name)
+
     def to_sitk(self) -> sitk.Image:
         """Return a new ``SimpleITK.Image`` with these pixels and this geometry."""
         dim = self.dimension

@@ -1,0 +1,85 @@
+"""The top-level API: lazy exports, SimpleITK images in and out, and fast refusals of anything else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import MedFusionLib
+from MedFusionLib import InputError, LoadedImage, fuse, fuse_volume
+from MedFusionLib.data.phantoms import make_pair
+
+
+def test_import_is_cheap_and_exports_resolve_on_first_use():
+    code = ("import sys, MedFusionLib; print(sorted(m for m in ('torch', 'SimpleITK', 'scipy') if m in sys.modules)); "
+            "from MedFusionLib import fuse; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"  # nothing heavy until a fusion function is touched
+    assert {"fuse", "fuse_volume", "fuse_files", "evaluate", "FusionModel"} <= set(dir(MedFusionLib))
+    assert set(MedFusionLib.__all__) >= {"fuse", "fuse_volume", "fuse_files", "evaluate", "FusionModel"}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        MedFusionLib.nope  # noqa: B018
+
+
+def _sitk_pair(depth: int = 6):
+    pair = make_pair((32, 40, 36), ("CT", "MRI_T1"), seed=7)
+    images = []
+    for name in ("CT", "MRI_T1"):
+        pair.images[name] = pair.images[name][:depth]
+        image = sitk.GetImageFromArray(pair.images[name])
+        image.SetSpacing((0.8, 0.9, 2.5))
+        image.SetOrigin((10.0, -20.5, 33.25))
+        image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+        images.append(image)
+    return images, [pair.images["CT"], pair.images["MRI_T1"]]
+
+
+def test_simpleitk_volumes_in_a_simpleitk_volume_out_with_the_first_ones_geometry():
+    images, arrays = _sitk_pair()
+    fused = fuse_volume(images, method := "average")
+    assert isinstance(fused, sitk.Image) and method == "average"
+    for get in ("GetSpacing", "GetOrigin", "GetDirection", "GetSize"):
+        assert getattr(fused, get)() == getattr(images[0], get)(), get
+    expected = fuse_volume([LoadedImage.from_array(a) for a in arrays], "average").array
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(fused), expected)
+    # the default model too, and a LoadedImage first gives a LoadedImage back
+    assert isinstance(fuse_volume(images), sitk.Image)
+    assert isinstance(fuse_volume([LoadedImage.from_sitk(images[0]), images[1]], "average"), LoadedImage)
+
+
+def test_simpleitk_volumes_on_different_grids_are_refused():
+    images, _ = _sitk_pair()
+    moved = sitk.Image(images[1])
+    moved.SetOrigin((0.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="origin, spacing or direction differ"):
+        fuse_volume([images[0], moved], "average")
+
+
+def test_2d_simpleitk_images_fuse():
+    images, arrays = _sitk_pair(1)
+    slices = [image[:, :, 0] for image in images]
+    result = fuse(slices, "average")
+    np.testing.assert_allclose(result.image, fuse([a[0] for a in arrays], "average").image)
+
+
+class _NeverIterate:
+    """Would take seconds if NumPy walked it element by element (as it does a SimpleITK.Image)."""
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def __getitem__(self, index):
+        raise AssertionError("the input was iterated instead of refused")
+
+
+@pytest.mark.parametrize("bad", [_NeverIterate(), {"a": 1}, "ct.nii.gz", 3.0])
+def test_unsupported_inputs_are_refused_at_once_naming_what_is_accepted(bad):
+    images, _ = _sitk_pair()
+    with pytest.raises(InputError, match="NumPy array, a SimpleITK.Image or a MedFusionLib LoadedImage"):
+        fuse_volume([images[0], bad], "average")
+    with pytest.raises(InputError, match="NumPy array, a SimpleITK.Image or a MedFusionLib LoadedImage"):
+        fuse([np.zeros((8, 8)), bad], "average")
