@@ -83,3 +83,14 @@ def test_unsupported_inputs_are_refused_at_once_naming_what_is_accepted(bad):
         fuse_volume([images[0], bad], "average")
     with pytest.raises(InputError, match="NumPy array, a SimpleITK.Image or a MedFusionLib LoadedImage"):
         fuse([np.zeros((8, 8)), bad], "average")
+
+
+def test_the_command_line_parser_loads_no_study_nor_torch():
+    """`medfusion --help` builds every subcommand's parser, the experiments' too: nothing heavy may load."""
+    code = ("import sys; from MedFusionLib.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m in ('torch', 'SimpleITK', 'scipy', 'MedFusionLib.experiments.compare')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+    import MedFusionLib.experiments as experiments
+
+    assert all(getattr(experiments, name) is not None for name in experiments.__all__)  # every lazy name resolves

@@ -30,23 +30,41 @@ Example::
     results = run_all("results", quick=True)          # results/all-YYYYmmdd-HHMMSS/report.html
 """
 
-from ._run import RunFolder, StudyResult, read_csv
-from .block_size import block_size_study, run_block_size
-from .compare import compare_methods, run_compare
-from .convergence import convergence_curve, convergence_study, flattening_iteration, load_history, run_convergence
-from .data import Case, dataset_from_source, phantom_dataset
-from .paper_tables import PAPER_TABLES
-from .perturbation import PRIMARY, SECONDARY, disturb, perturbation_study, run_perturbation
-from .repeat import repeat_fusions, run_repeat
-from .repeat_training import repeat_trainings
-from .report import build_report
-from .suite import STUDIES, run_all
-from .tables import reproduce_tables, run_tables
+from __future__ import annotations
 
-__all__ = [
-    "PAPER_TABLES", "PRIMARY", "SECONDARY", "STUDIES", "Case", "RunFolder", "StudyResult", "block_size_study",
-    "build_report", "compare_methods", "convergence_curve", "convergence_study", "dataset_from_source", "disturb",
-    "flattening_iteration", "load_history", "perturbation_study", "phantom_dataset", "read_csv", "repeat_fusions",
-    "repeat_trainings", "reproduce_tables", "run_all", "run_block_size", "run_compare", "run_convergence",
-    "run_perturbation", "run_repeat", "run_tables",
-]
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): the studies load PyTorch and SimpleITK, and ``medfusion
+# --help`` (which builds the experiment parser from this package) must not wait for them.
+_EXPORTS = {
+    "RunFolder": "._run", "StudyResult": "._run", "read_csv": "._run",
+    "block_size_study": ".block_size", "run_block_size": ".block_size",
+    "compare_methods": ".compare", "run_compare": ".compare",
+    "convergence_curve": ".convergence", "convergence_study": ".convergence",
+    "flattening_iteration": ".convergence", "load_history": ".convergence", "run_convergence": ".convergence",
+    "Case": ".data", "dataset_from_source": ".data", "phantom_dataset": ".data",
+    "PAPER_TABLES": ".paper_tables",
+    "PRIMARY": ".perturbation", "SECONDARY": ".perturbation", "disturb": ".perturbation",
+    "perturbation_study": ".perturbation", "run_perturbation": ".perturbation",
+    "repeat_fusions": ".repeat", "run_repeat": ".repeat",
+    "repeat_trainings": ".repeat_training",
+    "build_report": ".report",
+    "STUDIES": ".suite", "run_all": ".suite",
+    "reproduce_tables": ".tables", "run_tables": ".tables",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
