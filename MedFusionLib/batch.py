@@ -65,10 +65,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .fusion import (
-    CancelFlag,
     FusionCancelled,
     Method,
-    ProgressCallback,
     fuse,
     fuse_volume,
     load_method,
@@ -78,6 +76,7 @@ from .fusion import (
 from .io import LoadedImage, PathLike, atomic_output, read_image, remove_stale_temporaries, write_image
 from .metrics import METRICS, evaluate, evaluate_volume, table_to_csv
 from .preprocessing import MODALITIES, split_luminance
+from .progress import CancelFlag, ProgressCallback
 
 if TYPE_CHECKING:
     from .engine.training import TripletDataset

@@ -18,35 +18,10 @@ from typing import Sequence
 
 from . import __version__
 from .errors import Cancelled, MedFusionError
+from .progress import ProgressBar
 
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr (a line per 10% when stderr is not a terminal)."""
-
-    def __init__(self, label: str, enabled: bool = True) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.interactive = sys.stderr.isatty()
-        self._last_decile = -1
-
-    def __call__(self, fraction: float, message: str = "") -> None:
-        if not self.enabled:
-            return
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        if self.interactive:
-            filled = int(30 * fraction)
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{' ' * (30 - filled)}] {fraction:4.0%} {message[:60]:60s}")
-            sys.stderr.flush()
-        elif int(fraction * 10) > self._last_decile:
-            self._last_decile = int(fraction * 10)
-            sys.stderr.write(f"{self.label} {fraction:4.0%} {message}\n")
-
-    def close(self) -> None:
-        if self.enabled and self.interactive:
-            sys.stderr.write("\n")
 
 
 # ----------------------------------------------------------------------------- commands

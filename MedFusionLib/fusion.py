@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -31,17 +31,13 @@ from .preprocessing import (
     split_luminance,
     standardise,
 )
+from .progress import CancelFlag, ProgressCallback
 from .validation import check_int, source_name
 
 #: The shipped default model (trained by ``medfusion train --recipe default``; see the README).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default_cnn.pt"
 
-ProgressCallback = Callable[[float, str], None]
 Method = Union[str, Path, FusionModel, FusionBaseline]
-
-
-class CancelFlag(Protocol):
-    def is_set(self) -> bool: ...
 
 
 class FusionCancelled(Cancelled):

@@ -34,12 +34,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import Cancelled, InputError
+from .progress import CancelFlag
 from .io import LoadedImage, _itk_message
 from .validation import BT601_LUMA, check_int, luminance
 
@@ -273,12 +274,6 @@ class RegistrationCancelled(Cancelled):
     def __init__(self, message: str, iterations: int = 0) -> None:
         super().__init__(message)
         self.iterations = iterations
-
-
-class CancelFlag(Protocol):
-    """Anything with ``is_set()``, such as :class:`threading.Event`."""
-
-    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -645,7 +640,6 @@ MODALITIES: Mapping[str, str] = {
     "SPECT": "SPECT",
     "NM": "SPECT",
 }
-
 
 
 def _off(value: Optional[str]) -> bool:

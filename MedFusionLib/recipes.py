@@ -13,7 +13,7 @@ import copy
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -21,8 +21,8 @@ from .data.targets import MODALITY_PAIRS, phantom_cases
 from .engine.model import FusionModel
 from .engine.training import TrainingConfig, TrainingHistory, TripletDataset, save_history
 from .errors import InputError
+from .progress import ProgressCallback
 
-ProgressCallback = Callable[[float, str], None]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {

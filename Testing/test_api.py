@@ -94,3 +94,40 @@ def test_the_command_line_parser_loads_no_study_nor_torch():
     import MedFusionLib.experiments as experiments
 
     assert all(getattr(experiments, name) is not None for name in experiments.__all__)  # every lazy name resolves
+
+
+def _package_modules():
+    import ast
+    from pathlib import Path
+
+    root = Path(MedFusionLib.__file__).parent
+    for path in sorted([*root.rglob("*.py"), *(root.parent / "MedFusion" / "MedFusionSlicerLib").glob("*.py")]):
+        yield path, ast.parse(path.read_text(encoding="utf-8"))
+
+
+def test_progress_and_cancel_types_have_one_home():
+    import ast
+
+    homes = {}
+    for path, tree in _package_modules():
+        for node in tree.body:
+            names = ([t.id for t in node.targets if isinstance(t, ast.Name)] if isinstance(node, ast.Assign)
+                     else [node.name] if isinstance(node, ast.ClassDef) else [])
+            for name in names:
+                if name in ("ProgressCallback", "CancelFlag", "_CancelFlag", "ProgressBar"):
+                    homes.setdefault(name, []).append(path.name)
+    assert homes == {"ProgressCallback": ["progress.py"], "CancelFlag": ["progress.py"], "ProgressBar": ["progress.py"]}
+
+
+def test_no_module_imports_the_command_line_front_end():
+    """The CLI sits on top: nothing below it imports it (experiments/cli.py once did, for the progress bar)."""
+    import ast
+
+    for path, tree in _package_modules():
+        if path.name == "cli.py" and path.parent.name == "MedFusionLib":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                assert target not in ("..cli", "MedFusionLib.cli") and not (
+                    path.parent.name == "MedFusionLib" and target == ".cli"), (path, node.lineno)

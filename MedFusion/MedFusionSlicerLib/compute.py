@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Optional, Protocol
+from typing import Optional
 
 import numpy as np
 
@@ -21,20 +21,14 @@ from MedFusionLib.errors import Cancelled, InputError
 from MedFusionLib.fusion import FusionCancelled, fuse_volume, method_name, to_unit_range
 from MedFusionLib.io import LoadedImage
 from MedFusionLib.preprocessing import RegistrationCancelled, align_to_first, resample_to
+from MedFusionLib.progress import CancelFlag, ProgressCallback
 
 from .choices import DEFAULT_TRAINING_BLOCK_SIZES
 from .jobs import GEOMETRY_TOLERANCE, FusionComputation, FusionTask, Geometry, TrainingComputation, TrainingTask
 
-ProgressCallback = Callable[[float, str], None]
 
 # The shipped recipe (MedFusionLib.recipes) whose network and optimiser settings each family trains with.
 _FAMILY_RECIPES = {"cnn": "default", "dbm": "dbm"}
-
-
-class CancelFlag(Protocol):
-    """Anything with ``is_set()``, such as :class:`threading.Event`."""
-
-    def is_set(self) -> bool: ...
 
 
 class Stage:

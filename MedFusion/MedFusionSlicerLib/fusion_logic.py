@@ -24,10 +24,11 @@ from typing import Any, Optional, Sequence
 from MedFusionLib.errors import InputError
 from MedFusionLib.metrics import METRICS
 from MedFusionLib.preprocessing import DENOISE_DEFAULTS, REGISTRATION_TRANSFORMS
+from MedFusionLib.progress import CancelFlag, ProgressCallback
 
 from . import checks, scene_writers
 from .choices import DEFAULT_PLOT_METRICS
-from .compute import CancelFlag, ProgressCallback, check_fusion_cancel, compute_fusion
+from .compute import check_fusion_cancel, compute_fusion
 from .geometry import check_same_grid, geometry_from_ijk_to_ras, ijk_to_ras
 from .jobs import FusionComputation, FusionJob, FusionTask, MedFusionResult
 

@@ -17,10 +17,11 @@ from typing import Any, Optional, Sequence
 from MedFusionLib.engine.blocks import validate_block_size
 from MedFusionLib.errors import InputError
 from MedFusionLib.validation import check_int
+from MedFusionLib.progress import CancelFlag, ProgressCallback
 
 from . import checks
 from .choices import DEFAULT_TRAINING_ITERATIONS, TRAINING_FAMILIES
-from .compute import CancelFlag, ProgressCallback, check_training_cancel, compute_training
+from .compute import check_training_cancel, compute_training
 from .geometry import check_same_grid, geometry_from_ijk_to_ras, ijk_to_ras
 from .jobs import MedFusionTrainingResult, TrainingComputation, TrainingJob, TrainingTask
 

@@ -71,13 +71,14 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import Cancelled, InputError
+from ..progress import ProgressCallback
 from ..validation import check_int, is_integer
 
 __all__ = [
@@ -138,9 +139,6 @@ class CancelEvent(Protocol):
     """Anything with an ``is_set()`` method, e.g. :class:`threading.Event`."""
 
     def is_set(self) -> bool: ...
-
-
-ProgressCallback = Callable[[float, str], Any]
 
 
 # --------------------------------------------------------------------------- helpers

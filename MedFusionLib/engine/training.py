@@ -15,22 +15,17 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..progress import CancelFlag, ProgressCallback
 from ..validation import check_int
 from .devices import resolve_device
 from .rbm import TrainingCancelled, pretrain_stack
-
-ProgressCallback = Callable[[float, str], None]
-
-
-class CancelFlag(Protocol):
-    def is_set(self) -> bool: ...
 
 
 @dataclass
@@ -45,7 +40,6 @@ class Triplet:
     inputs: list[np.ndarray]
     target: np.ndarray
     name: str = ""
-
 
 
 def slice_triplets(

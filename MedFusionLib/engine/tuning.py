@@ -27,19 +27,19 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError, MedFusionError
+from ..progress import CancelFlag, ProgressCallback
 from ..validation import is_integer
 from .blocks import validate_block_size
 from .model import FusionModel
 from .networks import NETWORKS
 from .rbm import TrainingCancelled
 from .training import (
-    CancelFlag,
     TrainingConfig,
     Triplet,
     TripletDataset,
@@ -47,7 +47,6 @@ from .training import (
     fusion_loss,
 )
 
-ProgressCallback = Callable[[float, str], None]
 
 #: Block-size choices per family when the search space does not name any. The DBM's
 #: input layer has K n^2 units, so its blocks stay small.
@@ -128,10 +127,6 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchSpace":
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()})
 
 
 @dataclass

@@ -26,14 +26,13 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError, MedFusionError
 from ..io import atomic_output
 
-ProgressCallback = Callable[[float, str], None]
 
 #: Name of the record file every run folder holds.
 RUN_RECORD = "run.json"

@@ -28,7 +28,8 @@ from ..errors import InputError
 from ..fusion import Method
 from ._common import TIME_COLUMN, fuse_case, metric_columns, method_label, score, seed_everything, spread, \
     warm_up
-from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ..progress import ProgressCallback
+from ._run import Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
 
 STUDY = "block_size"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..progress import ProgressBar
 
 _SUBCOMMANDS = ("all", "compare", "tables", "repeat", "block-size", "perturbation", "convergence", "report")
 
@@ -163,7 +164,6 @@ def _levels(args: argparse.Namespace) -> dict[str, list[float]] | None:
 
 def command_experiment(args: argparse.Namespace) -> int:
     """Run one study (or all, or the report) as the options say; print where the results are."""
-    from ..cli import ProgressBar  # here, not at import: MedFusionLib.cli imports this module
     from . import block_size, compare, convergence, perturbation, repeat, tables
     from ._run import require_matplotlib
     from .report import build_report

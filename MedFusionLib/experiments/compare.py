@@ -34,7 +34,8 @@ from ..fusion import Method, unit_to_uint8
 from ..metrics import HIGHER, LOWER
 from ._common import TIME_COLUMN, direction, fuse_case, metric_columns, ranks, resolve_methods, score, \
     seed_everything, spread, warm_up
-from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ..progress import ProgressCallback
+from ._run import Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
 from .data import PAPER_PAIRS, Case, check_cases, describe, per_pair, phantom_dataset
 
 STUDY = "compare"

@@ -31,7 +31,8 @@ import numpy as np
 from ..engine.training import TrainingHistory
 from ..errors import InputError
 from ..validation import check_int
-from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run
+from ..progress import ProgressCallback
+from ._run import Row, RunFolder, StudyResult, no_progress, open_run
 
 STUDY = "convergence"
 DEFAULT_WINDOW = 100

@@ -54,8 +54,8 @@ from ._common import (
     spread,
     warm_up,
 )
+from ..progress import ProgressCallback
 from ._run import (
-    ProgressCallback,
     Row,
     RunFolder,
     StudyResult,

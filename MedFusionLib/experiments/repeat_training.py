@@ -40,7 +40,8 @@ from ..engine.model import FusionModel
 from ..errors import InputError
 from ..validation import check_int
 from ._common import TIME_COLUMN, fuse_case, metric_columns, output_digest, score, spread
-from ._run import ProgressCallback, Row, StudyResult, no_progress, resolved_device
+from ..progress import ProgressCallback
+from ._run import Row, StudyResult, no_progress, resolved_device
 from .data import Case, check_cases, describe
 
 #: The seed modes, in the order they run.

@@ -13,7 +13,8 @@ import os
 from typing import Iterable, Mapping, Sequence
 
 from ..fusion import Method
-from ._run import ProgressCallback, RunFolder, StudyResult, no_progress, open_run
+from ..progress import ProgressCallback
+from ._run import RunFolder, StudyResult, no_progress, open_run
 from .data import Case
 
 STUDY = "all"

@@ -51,7 +51,8 @@ from ._common import (
     spread,
     warm_up,
 )
-from ._run import ProgressCallback, Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ..progress import ProgressCallback
+from ._run import Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
 from .paper_tables import GENERAL_DIFFERENCES, PAPER_TABLES, TIME, PaperTable, paper_metrics
 

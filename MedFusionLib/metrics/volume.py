@@ -14,16 +14,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from ..errors import Cancelled, InputError
+from ..progress import CancelFlag
 from .evaluate import METRICS, evaluate, metric_names
-
-
-class _CancelFlag(Protocol):
-    def is_set(self) -> bool: ...
 
 
 @dataclass
@@ -51,7 +48,7 @@ def evaluate_volume(
     axis: int = 0,
     modalities: Optional[Sequence[Optional[str]]] = None,
     progress: Optional[Callable[[float, str], None]] = None,
-    cancel: Optional[_CancelFlag] = None,
+    cancel: Optional[CancelFlag] = None,
 ) -> VolumeScores:
     """Score a fused volume slice by slice along ``axis``; see the module docstring for the rules.
 
