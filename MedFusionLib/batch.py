@@ -65,8 +65,10 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .fusion import (
+    _UNSET,
     FusionCancelled,
     Method,
+    _chosen_method,
     fuse,
     fuse_volume,
     load_method,
@@ -749,13 +751,14 @@ def _remove_quietly(path: Path) -> None:
 def run_batch(
     groups: Iterable[Group],
     output_dir: PathLike,
-    model: Method = "default",
+    method: Method = "default",
     *,
     output_format: str | None = None,
     overwrite: bool = False,
     metrics: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    model: Method = _UNSET,
     **fuse_kwargs: object,
 ) -> BatchReport:
     """Fuse every group into ``output_dir``, resumably; write and return the report.
@@ -792,7 +795,8 @@ def run_batch(
 
     :param groups: the groups (e.g. from :func:`groups_from_manifest` / :func:`groups_from_folder`).
     :param output_dir: output folder, created if missing.
-    :param model: ``"default"``, a model file, a FusionModel, or a baseline name (``"laplacian"``...).
+    :param method: ``"default"``, a model file, a FusionModel, or a baseline name (``"laplacian"``...).
+    :param model: the old name of ``method`` (deprecated; one release).
     :param output_format: output extension (:data:`OUTPUT_FORMATS`); default ``".png"`` for 2D
         groups and ``".nii.gz"`` for 3D groups (chosen per group from the first input's header).
     :param overwrite: re-fuse and replace existing outputs instead of skipping those groups.
@@ -821,7 +825,7 @@ def run_batch(
     extension = _normalise_format(output_format)
     _check_fuse_kwargs(fuse_kwargs)
     # Resolve the method once: a missing model must stop the batch, not fail every group.
-    method = load_method(model)
+    method = load_method(_chosen_method(method, model, "run_batch"))
     folder = _prepare_output_dir(output_dir)
     candidates = [extension] if extension else [_DEFAULT_2D_FORMAT, _DEFAULT_3D_FORMAT]
     _check_no_output_is_an_input(group_list, folder, candidates)
@@ -917,7 +921,7 @@ def _run_group(
         # Read the target before fusing, so a bad target fails the group with nothing written.
         target = read_image(group.target) if (want_metrics and group.target) else None
         if inputs[0].dimension == 2:
-            result = fuse(inputs, model=method, **_kwargs_for(_FUSE_2D_KEYS, fuse_kwargs, group))
+            result = fuse(inputs, method=method, **_kwargs_for(_FUSE_2D_KEYS, fuse_kwargs, group))
             if cancel is not None and cancel.is_set():
                 raise FusionCancelled("fusion cancelled")
             seconds = result.seconds
@@ -930,7 +934,7 @@ def _run_group(
         else:
             start = time.perf_counter()
             volume = fuse_volume(
-                inputs, model=method, progress=progress, cancel=cancel,
+                inputs, method=method, progress=progress, cancel=cancel,
                 **_kwargs_for(_FUSE_3D_KEYS, fuse_kwargs, group),
             )
             seconds = time.perf_counter() - start

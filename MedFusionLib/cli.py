@@ -41,7 +41,7 @@ def command_demo(args: argparse.Namespace) -> int:
     print(f"2D example: {example_path('ct').name} + {example_path('mri').name} ({ct.array.shape[1]}x{ct.array.shape[0]})")
     results = {}
     for method in ["default", *BASELINES]:
-        fused = fuse([ct.array, mri.array], model=method)
+        fused = fuse([ct.array, mri.array], method=method)
         label = "MedFusion (default model)" if method == "default" else method
         results[label] = {**evaluate(fused.image, [ct.array / 255.0, mri.array / 255.0], data_range=(0, 1)),
                           "time_s": fused.seconds}
@@ -72,8 +72,9 @@ def command_fuse(args: argparse.Namespace) -> int:
 
     bar = ProgressBar("fusing", enabled=not args.quiet)
     try:
-        written = fuse_files(args.inputs, args.output, model=args.method, modalities=args.modality, axis=args.axis,
-                             register=args.register, denoise=args.denoise, block_size=args.block_size,
+        written = fuse_files(args.inputs, args.output, method=args.method, modalities=args.modality, axis=args.axis,
+                             register=None if args.register == "none" else args.register,
+                             denoise=None if args.denoise == "none" else args.denoise, block_size=args.block_size,
                              device=args.device, overwrite=args.overwrite, progress=bar)
     finally:
         bar.close()
@@ -89,7 +90,7 @@ def command_batch(args: argparse.Namespace) -> int:
     source = Path(args.source)
     groups = groups_from_folder(source) if source.is_dir() else groups_from_manifest(source)
     bar = ProgressBar("batch", enabled=not args.quiet)
-    report = run_batch(groups, args.output, model=args.method, overwrite=args.overwrite,
+    report = run_batch(groups, args.output, method=args.method, overwrite=args.overwrite,
                        metrics=not args.no_metrics, progress=bar, block_size=args.block_size, device=args.device)
     bar.close()
     print(report.summary())

@@ -12,9 +12,10 @@ device choice, progress and cancellation. Inputs are never modified.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -202,6 +203,29 @@ def _prepare_group(
     return prepared, chroma
 
 
+#: Default of the deprecated ``model=`` keyword (the old name of ``method=``): "not given".
+_UNSET: Any = object()
+
+
+def _chosen_method(method: Method, model: Method, function: str) -> Method:
+    """``method``, or the deprecated ``model=`` (one release, with a :class:`DeprecationWarning`)."""
+    if model is _UNSET:
+        return method
+    if not (isinstance(method, str) and method == "default"):
+        raise InputError(f"{function}: give the fusion method once, as method= (model= is its old name)")
+    warnings.warn(f"{function}(model=...) is deprecated: use method=..., the name the CLI (--method) and the "
+                  "Slicer module use", DeprecationWarning, stacklevel=3)
+    return model
+
+
+def _off(value: str | None, name: str, function: str) -> str | None:
+    """None for "off"; the old spelling ``"none"`` still works for one release, with a :class:`DeprecationWarning`."""
+    if isinstance(value, str) and value.strip().lower() == "none":
+        warnings.warn(f'{function}({name}="none") is deprecated: use {name}=None', DeprecationWarning, stacklevel=3)
+        return None
+    return value
+
+
 def _check_inputs_fit(method: FusionModel | FusionBaseline, count: int) -> None:
     if isinstance(method, FusionModel) and not method.accepts(count):
         raise InputError(f"the {method_name(method)} fuses {method.n_inputs} images, got {count}")
@@ -209,26 +233,28 @@ def _check_inputs_fit(method: FusionModel | FusionBaseline, count: int) -> None:
 
 def fuse(
     images: Sequence[object],
-    model: Method = "default",
+    method: Method = "default",
     *,
     block_size: int | None = None,
     stride: int | None = None,
     device: str | torch.device | None = None,
     modalities: Sequence[str | None] | None = None,
+    model: Method = _UNSET,
 ) -> FusionResult:
     """Fuse a group of K >= 2 registered 2D images.
 
     :param images: arrays (grey, or RGB/RGBA pseudo-colour) or 2D :class:`LoadedImage`, one shape.
-    :param model: ``"default"``, a model file, a :class:`FusionModel`, a baseline name or instance.
+    :param method: ``"default"``, a model file, a :class:`FusionModel`, a baseline name or instance.
     :param block_size: None (model default: the CNN fuses the whole image in one pass)
         or n = 2^i to fuse overlapping n x n blocks.
     :param stride: block step (default n / 2).
     :param device: ``"auto"``/None (CUDA when present), ``"cpu"``, ``"cuda"``.
     :param modalities: optional modality per image (``"CT"``, ``"MRI"``, ``"PET"``, ``"SPECT"``)
         for standardisation; default: automatic (see :func:`to_unit_range`).
+    :param model: the old name of ``method`` (deprecated; one release).
     :returns: a :class:`FusionResult`.
     """
-    method = load_method(model)
+    method = load_method(_chosen_method(method, model, "fuse"))
     prepared, chroma = _prepare_group(images, modalities)
     _check_inputs_fit(method, len(prepared))
     torch_device = resolve_device(device)  # checked for baselines too: a wrong device is a mistake
@@ -247,7 +273,7 @@ def fuse(
 
 def fuse_volume(
     volumes: Sequence[object],
-    model: Method = "default",
+    method: Method = "default",
     *,
     axis: int = 0,
     batch_size: int | None = None,
@@ -256,6 +282,7 @@ def fuse_volume(
     modalities: Sequence[str | None] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    model: Method = _UNSET,
 ) -> object:
     """Fuse K registered 3D volumes slice by slice and reassemble a volume on the first one's grid.
 
@@ -266,7 +293,7 @@ def fuse_volume(
 
     :param volumes: ``SimpleITK.Image`` or :class:`LoadedImage` volumes (geometry checked) or 3D arrays
         (shape checked); anything else is refused at once, naming what is accepted.
-    :param model: as in :func:`fuse`.
+    :param method: as in :func:`fuse`.
     :param axis: the array axis to slice along (0, 1 or 2).
     :param batch_size: slices per forward pass; default 4 on the CPU (larger batches fall out of
         the CPU caches and get slower per slice) and 32 on a GPU.
@@ -275,11 +302,12 @@ def fuse_volume(
     :param modalities: as in :func:`fuse`.
     :param progress: ``progress(fraction, message)`` after every batch.
     :param cancel: ``cancel.is_set()`` is checked between batches; raises :class:`FusionCancelled`.
+    :param model: the old name of ``method`` (deprecated; one release).
     :returns: float32 in [0, 1] on the first volume's grid, of the first volume's kind: a
         ``SimpleITK.Image`` for a ``SimpleITK.Image`` (origin, spacing and direction exactly its),
         else a :class:`LoadedImage`.
     """
-    method = load_method(model)
+    method = load_method(_chosen_method(method, model, "fuse_volume"))
     if isinstance(volumes, (np.ndarray, str, bytes)) or not isinstance(volumes, Sequence) or len(volumes) < 2:
         raise InputError("volumes: expected a list of at least 2 volumes")
     if isinstance(axis, bool) or axis not in (0, 1, 2):
@@ -370,17 +398,18 @@ class WrittenFusion:
 def fuse_files(
     inputs: Sequence[PathLike],
     output: PathLike,
-    model: Method = "default",
+    method: Method = "default",
     *,
     modalities: Sequence[str | None] | None = None,
     axis: int = 0,
-    register: str = "none",
-    denoise: str = "none",
+    register: str | None = None,
+    denoise: str | None = None,
     block_size: int | None = None,
     device: str | torch.device | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    model: Method = _UNSET,
 ) -> WrittenFusion:
     """Read K >= 2 registered images or volumes, fuse them, write the result atomically.
 
@@ -396,20 +425,24 @@ def fuse_files(
 
     :param inputs: image files (PNG, TIFF, JPEG, ...), volume files (NIfTI, NRRD, MHA) or DICOM series folders.
     :param output: the file to write; its extension picks the format.
-    :param model: as in :func:`fuse`.
+    :param method: as in :func:`fuse`.
     :param modalities: optional modality per input for standardisation (see :func:`fuse`).
     :param axis: for volumes, the array axis to slice along.
-    :param register: ``"none"``, ``"rigid"`` or ``"affine"``: register inputs 2.. onto input 1 first.
-    :param denoise: ``"none"`` or a :func:`~MedFusionLib.preprocessing.denoise` method, applied to grey inputs.
+    :param register: None (off), ``"rigid"`` or ``"affine"``: register inputs 2.. onto input 1 first.
+    :param denoise: None (off) or a :func:`~MedFusionLib.preprocessing.denoise` method, applied to grey inputs.
     :param block_size: as in :func:`fuse`.
     :param device: as in :func:`fuse`.
     :param overwrite: replace an existing output file.
     :param progress: ``progress(fraction, message)`` (volumes: after every slice batch).
     :param cancel: ``cancel.is_set()`` is polled; raises :class:`FusionCancelled`, nothing written.
     :returns: a :class:`WrittenFusion`.
+    :param model: the old name of ``method`` (deprecated; one release).
     :raises InputError: unreadable input, mismatched inputs, bad option, refused output.
     """
     from .preprocessing import RegistrationCancelled, align_to_first
+
+    chosen = _chosen_method(method, model, "fuse_files")
+    register, denoise = _off(register, "register", "fuse_files"), _off(denoise, "denoise", "fuse_files")
 
     if isinstance(inputs, (str, bytes, Path)):
         raise InputError("inputs: expected a list of at least 2 input files, got one path")
@@ -421,7 +454,7 @@ def fuse_files(
     protected = [Path(p) for p in inputs]
     check_output_path(output, overwrite, protected)  # refuse a bad destination before the work
     remove_stale_temporaries(output)  # what a killed earlier run of this command left
-    method = load_method(model)
+    method = load_method(chosen)
     images = [read_image(path) for path in inputs]
     if len({image.dimension for image in images}) > 1:
         shapes = ", ".join(f"{Path(p).name}: {image.dimension}D" for p, image in zip(inputs, images))
@@ -434,12 +467,12 @@ def fuse_files(
         raise FusionCancelled("fusion cancelled")
     if images[0].dimension == 3:
         start = time.perf_counter()
-        volume = fuse_volume(images, model=method, axis=axis, block_size=block_size, device=device,
+        volume = fuse_volume(images, method, axis=axis, block_size=block_size, device=device,
                              modalities=modalities, progress=progress, cancel=cancel)
         seconds, name = time.perf_counter() - start, method_name(method)
         to_write, reference, is_colour = volume, None, False
     else:
-        result = fuse([image.array if not image.is_color else image for image in images], model=method,
+        result = fuse([image.array if not image.is_color else image for image in images], method,
                       block_size=block_size, device=device, modalities=modalities)
         seconds, name = result.seconds, result.method
         is_colour = result.colour is not None

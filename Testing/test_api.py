@@ -131,3 +131,24 @@ def test_no_module_imports_the_command_line_front_end():
                 target = ("." * node.level) + (node.module or "")
                 assert target not in ("..cli", "MedFusionLib.cli") and not (
                     path.parent.name == "MedFusionLib" and target == ".cli"), (path, node.lineno)
+
+
+def test_one_name_for_the_method_and_one_spelling_of_off(tmp_path):
+    """``method=`` everywhere (as the CLI's --method and the Slicer module say); ``model=`` and ``"none"`` still
+    work for one release, with a DeprecationWarning."""
+    from MedFusionLib import fuse_files, write_image
+    from MedFusionLib.batch import Group, run_batch
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((32, 32)).astype(np.float32) for _ in range(2)]
+    expected = fuse(images, method="average").image
+    with pytest.warns(DeprecationWarning, match="use method="):
+        np.testing.assert_array_equal(fuse(images, model="average").image, expected)
+    with pytest.raises(InputError, match="model= is its old name"):
+        fuse(images, "laplacian", model="average")
+    paths = [write_image(LoadedImage.from_array(x), tmp_path / f"in{i}.nii.gz") for i, x in enumerate(images)]
+    with pytest.warns(DeprecationWarning, match="register=None"):
+        fuse_files(paths, tmp_path / "out.nii.gz", method="average", register="none")
+    with pytest.warns(DeprecationWarning, match="use method="):
+        report = run_batch([Group("g", tuple(paths))], tmp_path / "batch", model="average", metrics=False)
+    assert report.done == 1

@@ -234,7 +234,7 @@ def test_2d_batch_outputs_report_and_metrics(tmp_path: Path) -> None:
         assert row.output == out / f"{group.name}_fused.png"
         written = read_image(row.output)
         assert written.array.shape == (64, 64) and written.array.dtype == np.uint8
-        expected = fuse([read_image(p) for p in group.inputs], model=METHOD).image
+        expected = fuse([read_image(p) for p in group.inputs], method=METHOD).image
         np.testing.assert_array_equal(written.array, np.rint(expected * 255).astype(np.uint8))
         assert row.seconds is not None and row.seconds > 0
         assert set(row.metrics) == set(metric_names())  # a target enables the target metrics too
@@ -271,7 +271,7 @@ def test_3d_batch_keeps_first_input_geometry(tmp_path: Path) -> None:
         np.testing.assert_allclose(fused.direction, DIRECTION_3D, atol=1e-5)
         np.testing.assert_allclose(fused.origin, ORIGIN_3D, atol=1e-4)
         np.testing.assert_allclose(fused.spacing, SPACING_3D, atol=1e-5)
-        expected = fuse_volume([read_image(p) for p in group.inputs], model=METHOD)
+        expected = fuse_volume([read_image(p) for p in group.inputs], method=METHOD)
         np.testing.assert_allclose(fused.array, expected.array, atol=1e-6)
         assert row.seconds is not None and row.seconds > 0
         # volumes are scored slice by slice, as the Slicer module and `medfusion evaluate` do

@@ -122,7 +122,7 @@ def test_dataset_from_folder_standardises_and_scores(tmp_path):
     np.testing.assert_allclose(data[0].inputs[0], written / 255.0, atol=1e-6)  # uint8 / 255, as fuse() does
     result = compare_module.run_compare(tmp_path / "runs", data, methods=["average"], report=False)
     rows = read_csv(result.folder / "compare_rows.csv")
-    expected = evaluate(fuse(list(data[0].inputs), model="average").image, list(data[0].inputs), data[0].target,
+    expected = evaluate(fuse(list(data[0].inputs), method="average").image, list(data[0].inputs), data[0].target,
                         ["RMSE"], data_range=(0, 1))["RMSE"]
     assert rows[0]["RMSE"] == expected  # written at full precision
     assert rows[1]["RMSE"] is None and isinstance(rows[1]["QABF"], float)  # no target: no target metrics
@@ -486,7 +486,7 @@ def test_tables_study_puts_evaluate_numbers_beside_the_printed_ones(tmp_path, ca
                                                           ("MRI and SPECT", "MRI_T1+SPECT")}
     # our numbers: evaluate() on the same fusion, on the paper's scale
     case = cases[3]  # MRI_T1+SPECT, its second group: Test 2
-    scores = evaluate(fuse(list(case.inputs), model="laplacian").image, list(case.inputs), case.target,
+    scores = evaluate(fuse(list(case.inputs), method="laplacian").image, list(case.inputs), case.target,
                       data_range=(0, 1))
     row = next(r for r in t1 if r["method"] == "laplacian" and r["group"] == case.name)
     assert row["test"] == 2 and row["pair"] == "MRI_T1+SPECT"
@@ -498,7 +498,7 @@ def test_tables_study_puts_evaluate_numbers_beside_the_printed_ones(tmp_path, ca
     assert row2["QAB/F"] == scores["QABF"] and row2["Q0"] == scores["Q0"]
     row3 = next(r for r in t3 if r["method"] == "laplacian" and r["test"] == 1)
     first = cases[0]
-    assert row3["EOG"] == evaluate(fuse(list(first.inputs), model="laplacian").image, list(first.inputs),
+    assert row3["EOG"] == evaluate(fuse(list(first.inputs), method="laplacian").image, list(first.inputs),
                                    first.target, ["EOG"], data_range=(0, 1))["EOG"]
     # the printed values beside them: the transcription's, test for test
     assert row["RMSE [paper]"] == PAPER_TABLES["table1"].blocks[0].values[1][0] == 0.3273
@@ -591,7 +591,7 @@ def test_repeated_training_same_seed_is_bit_identical_other_seeds_spread(cases):
     model, _ = train_recipe(_tiny_recipe())
     assert weights_digest(model) == weights.pop()
     case = cases[1]
-    fused = fuse(list(case.inputs), model=model).image
+    fused = fuse(list(case.inputs), method=model).image
     row = next(r for r in runs if r["mode"] == "same" and r["run"] == 2 and r["group"] == case.name)
     assert row["output_sha256"] == output_digest(fused)
     assert row["QABF"] == evaluate(fused, list(case.inputs), case.target, ["QABF"], data_range=(0, 1))["QABF"]

@@ -59,7 +59,7 @@ def test_to_unit_range_rules():
 @pytest.mark.parametrize("method", ["average", "maximum", "laplacian", "guided_filter", "wavelet"])
 def test_fuse_with_baselines(pair, method):
     before = [digest(x) for x in pair]
-    result = fuse(pair, model=method)
+    result = fuse(pair, method=method)
     assert result.image.shape == pair[0].shape and result.image.dtype == np.float32
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0
     assert result.colour is None and result.seconds > 0 and result.method == method
@@ -67,7 +67,7 @@ def test_fuse_with_baselines(pair, method):
 
 
 def test_fuse_average_is_the_mean_of_the_standardised_inputs(pair):
-    result = fuse(pair, model="average")
+    result = fuse(pair, method="average")
     assert np.allclose(result.image, (pair[0] / 255.0 + pair[1] / 255.0) / 2, atol=1e-6)
 
 
@@ -88,7 +88,7 @@ def test_default_model_is_shipped_and_fuses_any_number_of_inputs(pair):
 
 def test_colour_input_is_fused_on_luminance(pair):
     pet = np.stack([pair[1], pair[1] // 2, np.zeros_like(pair[1])], axis=-1)
-    result = fuse([pair[0], pet], model="maximum")
+    result = fuse([pair[0], pet], method="maximum")
     assert result.colour is not None and result.colour.shape == (*pair[0].shape, 3)
     luminance = (0.299 * pet[..., 0] + 0.587 * pet[..., 1]) / 255.0
     assert np.allclose(result.image, np.maximum(pair[0] / 255.0, luminance), atol=1e-5)
@@ -96,20 +96,20 @@ def test_colour_input_is_fused_on_luminance(pair):
 
 def test_fuse_errors(pair):
     with pytest.raises(InputError, match="at least 2"):
-        fuse([pair[0]], model="average")
+        fuse([pair[0]], method="average")
     with pytest.raises(InputError, match="shape"):
-        fuse([pair[0], pair[1][:10]], model="average")
+        fuse([pair[0], pair[1][:10]], method="average")
     with pytest.raises(InputError, match="NaN"):
-        fuse([pair[0] / 255.0, np.full(pair[0].shape, np.nan)], model="average")
+        fuse([pair[0] / 255.0, np.full(pair[0].shape, np.nan)], method="average")
     with pytest.raises(InputError, match="2D image"):
-        fuse([np.zeros((4, 4, 4, 4)), np.zeros((4, 4, 4, 4))], model="average")
+        fuse([np.zeros((4, 4, 4, 4)), np.zeros((4, 4, 4, 4))], method="average")
     with pytest.raises(InputError, match="not a model file"):
-        fuse(pair, model="no_such_method")
+        fuse(pair, method="no_such_method")
     with pytest.raises(InputError, match="power of two"):
         fuse(pair, block_size=12)
     dbm = FusionModel.create("dbm", 3, 8, layer_sizes=(8,))
     with pytest.raises(InputError, match="fuses 3 images"):
-        fuse(pair, model=dbm)
+        fuse(pair, method=dbm)
 
 
 # ------------------------------------------------------------------ volumes
@@ -130,13 +130,13 @@ def volumes() -> list[LoadedImage]:
 
 def test_fuse_volume_keeps_geometry_and_matches_slicewise_fusion(volumes):
     before = [digest(v.array) for v in volumes]
-    fused = fuse_volume(volumes, model="average", axis=0)
+    fused = fuse_volume(volumes, method="average", axis=0)
     assert fused.array.shape == volumes[0].array.shape and fused.array.dtype == np.float32
     assert (fused.spacing, fused.origin, fused.direction) == (volumes[0].spacing, volumes[0].origin, volumes[0].direction)
     expected = (to_unit_range(volumes[0].array) + to_unit_range(volumes[1].array)) / 2
     assert np.allclose(fused.array, expected, atol=1e-6)
     for axis in (1, 2):  # a pointwise method gives the same volume whatever the slicing axis
-        assert np.allclose(fuse_volume(volumes, model="average", axis=axis).array, fused.array, atol=1e-6)
+        assert np.allclose(fuse_volume(volumes, method="average", axis=axis).array, fused.array, atol=1e-6)
     assert [digest(v.array) for v in volumes] == before
 
 
@@ -148,7 +148,7 @@ def test_fuse_volume_with_the_model_is_independent_of_batch_size(volumes):
 
 def test_fuse_volume_progress_cancel_and_errors(volumes):
     calls = []
-    fuse_volume(volumes, model="average", batch_size=5, progress=lambda f, m: calls.append(f))
+    fuse_volume(volumes, method="average", batch_size=5, progress=lambda f, m: calls.append(f))
     assert calls == pytest.approx([5 / 12, 10 / 12, 1.0])
     cancel = threading.Event()
     cancel.set()
@@ -156,11 +156,11 @@ def test_fuse_volume_progress_cancel_and_errors(volumes):
         fuse_volume(volumes, cancel=cancel)
     moved = LoadedImage(volumes[1].array, volumes[1].spacing, (0.0, 0.0, 0.0), volumes[1].direction)
     with pytest.raises(InputError, match="origin, spacing or direction"):
-        fuse_volume([volumes[0], moved], model="average")
+        fuse_volume([volumes[0], moved], method="average")
     with pytest.raises(InputError, match="shape"):
-        fuse_volume([volumes[0], oblique_volume(volumes[1].array[:5])], model="average")
+        fuse_volume([volumes[0], oblique_volume(volumes[1].array[:5])], method="average")
     with pytest.raises(InputError, match="axis"):
-        fuse_volume(volumes, model="average", axis=3)
+        fuse_volume(volumes, method="average", axis=3)
 
 
 # ------------------------------------------------------------------ targets and recipes
@@ -300,7 +300,7 @@ def test_constant_and_odd_channel_inputs(pair):
     assert np.allclose(fused, 128 / 255.0, atol=1e-5)  # nothing to add to a constant
     assert np.all(np.isfinite(fuse([pair[0], flat]).image))
     with pytest.raises(InputError, match="2D image"):
-        fuse([np.zeros((16, 16, 2)), np.zeros((16, 16, 2))], model="average")
+        fuse([np.zeros((16, 16, 2)), np.zeros((16, 16, 2))], method="average")
 
 
 def test_cli_train_with_tuning(tmp_path):
@@ -318,11 +318,11 @@ def test_cli_train_with_tuning(tmp_path):
 
 def test_baselines_refuse_block_options_and_bad_devices(pair, volumes):
     with pytest.raises(InputError, match="blocks apply to learned models"):
-        fuse(pair, model="laplacian", block_size=8)
+        fuse(pair, method="laplacian", block_size=8)
     with pytest.raises(InputError, match="device"):
-        fuse(pair, model="laplacian", device="quantum")
+        fuse(pair, method="laplacian", device="quantum")
     with pytest.raises(InputError, match="blocks apply to learned models"):
-        fuse_volume(volumes, model="average", block_size=8)
+        fuse_volume(volumes, method="average", block_size=8)
     grey_volume = LoadedImage.from_array(np.zeros((16, 16, 3), np.float32))
     with pytest.raises(InputError, match="2D image"):
-        fuse([grey_volume, grey_volume], model="average")
+        fuse([grey_volume, grey_volume], method="average")

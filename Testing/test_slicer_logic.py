@@ -209,7 +209,7 @@ def test_other_axis_and_target_metrics(scene, inputs, core):
 def test_default_model_through_the_scene_equals_the_library(scene, inputs, core):
     result = core.fuse(inputs, method="default", computeMetrics=False)
     fused = slicer.util.arrayFromVolume(result.outputVolumeNode)
-    direct = fuse_volume([_phantom(1, np.int16), _phantom(2)], model="default").array
+    direct = fuse_volume([_phantom(1, np.int16), _phantom(2)], method="default").array
     np.testing.assert_allclose(fused, direct, atol=1e-6)  # the glue changes no number
     assert np.array_equal(_matrix(result.outputVolumeNode), _matrix(inputs[0]))
     assert result.metricsTableNode is None and result.plotChartNode is None

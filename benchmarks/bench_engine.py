@@ -1,7 +1,7 @@
 """Benchmark: speed and memory of the default model against the Laplacian-pyramid baseline, same run.
 
 Prints
-- 2D: the default model's ``fuse()`` of one 256x256 pair against ``fuse(..., model="laplacian")``
+- 2D: the default model's ``fuse()`` of one 256x256 pair against ``fuse(..., method="laplacian")``
   (4 levels) of the same pair (bar: at most 3x);
 - 3D: a 256x256 volume pair of 64, 128 and 256 slices through ``fuse_volume`` — time per
   slice against the 2D pair time (bar: within 1.5x), linearity in the slice count, and the
@@ -70,8 +70,8 @@ def main() -> None:
 
     ct, mri = read_image(example_path("ct")).array, read_image(example_path("mri")).array
     model = load_method("default")
-    t_lap = median_time(lambda: fuse([ct, mri], model="laplacian"), args.repeats)
-    t_model = median_time(lambda: fuse([ct, mri], model=model, device=args.device), args.repeats)
+    t_lap = median_time(lambda: fuse([ct, mri], method="laplacian"), args.repeats)
+    t_model = median_time(lambda: fuse([ct, mri], method=model, device=args.device), args.repeats)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"model: {model.family}, {sum(p.numel() for p in model.network.parameters())} parameters")
     print(f"2D 256x256 pair, median of {args.repeats}:")

@@ -59,7 +59,7 @@ def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.n
     totals = {m: [] for m in methods}
     for inputs in groups:
         for method in methods:
-            fused = fuse(inputs, model=model if method == "model" else method).image
+            fused = fuse(inputs, method=model if method == "model" else method).image
             values = evaluate(fused, inputs, metrics=RANK_METRICS, data_range=(0, 1))
             totals[method].append([values[k] for k in RANK_METRICS])
     return methods, np.array([np.mean(totals[m], axis=0) for m in methods])

@@ -107,7 +107,7 @@ def compute_fusion(
 
     start = time.perf_counter()
     fused = fuse_volume(
-        arrays, model=task.method, axis=task.axis, block_size=task.blockSize, device=task.device,
+        arrays, method=task.method, axis=task.axis, block_size=task.blockSize, device=task.device,
         modalities=task.modalities, progress=Stage(progress, prepared_share, prepared_share + fuse_share),
         cancel=cancel,
     ).array

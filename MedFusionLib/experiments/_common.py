@@ -62,7 +62,7 @@ def resolve_methods(methods: Iterable[Method] | None) -> list[tuple[str, FusionM
 def fuse_case(case: Case, method: FusionModel | FusionBaseline, *, block_size: int | None = None,
               device: str | None = None, inputs: Sequence[np.ndarray] | None = None) -> FusionResult:
     """Fuse one case (or replacement ``inputs``, e.g. disturbed ones); the result carries its time."""
-    return fuse(list(case.inputs if inputs is None else inputs), model=method, block_size=block_size, device=device)
+    return fuse(list(case.inputs if inputs is None else inputs), method=method, block_size=block_size, device=device)
 
 
 def warm_up(method: FusionModel | FusionBaseline, case: Case, device: str | None,

@@ -166,12 +166,12 @@ def _run_api(scenario: Scenario, output: Path) -> tuple[str, str]:
     try:
         if scenario.arrays is not None:
             options = {k: v for k, v in scenario.options.items() if k in ("block_size", "device", "modalities")}
-            result = fuse(scenario.arrays, model=scenario.method, **options)
+            result = fuse(scenario.arrays, method=scenario.method, **options)
             expected_shape = np.asarray(scenario.arrays[0]).shape[:2]
             if result.image.shape != expected_shape or not np.all(np.isfinite(result.image)):
                 return "crash", f"result shape {result.image.shape} (expected {expected_shape}) or non-finite values"
             return "ok", ""
-        fuse_files(scenario.inputs, output, model=scenario.method, progress=progress, cancel=flag, **scenario.options)
+        fuse_files(scenario.inputs, output, method=scenario.method, progress=progress, cancel=flag, **scenario.options)
     except Cancelled as exc:
         return "cancelled", _one_line(exc)
     except MedFusionError as exc:  # InputError is one
@@ -248,7 +248,7 @@ def _run_batch(scenario: Scenario, output_dir: Path, manifest: Path) -> tuple[st
     options = {k: v for k, v in scenario.options.items() if k in ("block_size", "axis", "device")}
     extension = "." + scenario.output_name.split(".", 1)[1]
     try:
-        report = run_batch(groups_from_manifest(manifest), output_dir, model=scenario.method, metrics=True,
+        report = run_batch(groups_from_manifest(manifest), output_dir, method=scenario.method, metrics=True,
                            output_format=extension, progress=progress, cancel=flag, **options)
     except Cancelled as exc:
         return "cancelled", _one_line(exc)

@@ -66,7 +66,7 @@ def _check(result, shape):
 @given(images=image_groups(), method=st.sampled_from(METHODS))
 def test_fusion_shape_dtype_range_and_inputs_untouched(images, method):
     before = _digest(images)
-    result = fuse(images, model=method)
+    result = fuse(images, method=method)
     _check(result, images[0].shape)
     assert _digest(images) == before
 
@@ -91,7 +91,7 @@ def test_input_order_does_not_matter(images, method, order):
     """The default CNN shares its weights across inputs and pools their context, so it treats
     inputs alike, as these baselines do; the result must not depend on their order."""
     permuted = [images[i] for i in order if i < len(images)]
-    first, second = fuse(images, model=method).image, fuse(permuted, model=method).image
+    first, second = fuse(images, method=method).image, fuse(permuted, method=method).image
     np.testing.assert_allclose(first, second, atol=1e-5)
 
 

@@ -31,7 +31,7 @@ def test_hostile_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(InputError, match="not a readable MedFusion model file"):
         FusionModel.load(model)
     with pytest.raises(InputError):
-        fuse([np.zeros((8, 8)), np.ones((8, 8))], model=str(model))
+        fuse([np.zeros((8, 8)), np.ones((8, 8))], method=str(model))
     assert not marker.exists(), "loading the model ran code from the file"
     # The file really is hostile: full unpickling (what MedFusion never does) runs its code.
     torch.load(model, weights_only=False)
