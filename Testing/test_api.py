@@ -152,3 +152,55 @@ def test_one_name_for_the_method_and_one_spelling_of_off(tmp_path):
     with pytest.warns(DeprecationWarning, match="use method="):
         report = run_batch([Group("g", tuple(paths))], tmp_path / "batch", model="average", metrics=False)
     assert report.done == 1
+
+
+#: The layers of MedFusionLib, bottom up: a module may import its own layer's modules and those below.
+LAYERS = {
+    "__init__": 0, "errors": 0, "validation": 0, "progress": 0, "io": 0,   # foundation
+    "preprocessing": 1, "baselines": 1, "engine": 1,                       # building blocks
+    "fusion": 2,                                                           # the fusion API
+    "metrics": 3, "data": 3,                                               # scoring, phantoms and targets
+    "batch": 4, "recipes": 4,                                              # many cases, training recipes
+    "experiments": 5,                                                      # the papers' studies
+    "cli": 6,                                                              # the command line on top
+}
+
+
+def _imported_units(path, tree, root):
+    import ast
+
+    package = list(path.relative_to(root).parts[:-1])
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level == 0:
+            if node.module and node.module.split(".")[0] == "MedFusionLib":
+                parts = node.module.split(".")[1:]
+                yield (parts[0] if parts else "__init__"), node.lineno
+            continue
+        base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+        full = base + (node.module.split(".") if node.module else [])
+        if full:
+            yield full[0], node.lineno
+        else:  # from . import name
+            for alias in node.names:
+                yield (alias.name if alias.name in LAYERS else "__init__"), node.lineno
+
+
+def test_no_module_imports_a_layer_above_it():
+    """The layout shows the architecture: foundation -> engine -> fusion API -> front ends, never upward."""
+    import ast
+    from pathlib import Path
+
+    root = Path(MedFusionLib.__file__).parent
+    units = {p.relative_to(root).parts[0].removesuffix(".py") for p in root.rglob("*.py")}
+    assert units == set(LAYERS), units ^ set(LAYERS)
+    for path in root.rglob("*.py"):
+        unit = path.relative_to(root).parts[0].removesuffix(".py")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for target, line in _imported_units(path, tree, root):
+            assert LAYERS[target] <= LAYERS[unit], f"{path.relative_to(root)}:{line} imports {target} (a layer above)"
+        for node in ast.walk(tree):  # and nothing of Slicer: MedFusionLib runs in plain Python
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] in ("slicer", "qt", "ctk", "MedFusionSlicerLib") for n in names)
