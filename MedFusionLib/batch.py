@@ -77,7 +77,7 @@ from .fusion import (
 )
 from .io import LoadedImage, PathLike, atomic_output, read_image, remove_stale_temporaries, write_image
 from .metrics import METRICS, evaluate, evaluate_volume, table_to_csv
-from .preprocessing import MODALITIES, split_luminance
+from .preprocessing import MODALITIES, RegistrationCancelled, align_to_first, split_luminance
 from .progress import CancelFlag, ProgressCallback
 
 if TYPE_CHECKING:
@@ -121,6 +121,8 @@ _MODALITY_COLUMN = re.compile(r"modality_([1-9][0-9]*)")
 # fuse() / fuse_volume() keyword arguments run_batch passes on; each gets only those it takes.
 _FUSE_2D_KEYS = {"block_size", "stride", "device", "modalities"}
 _FUSE_3D_KEYS = {"axis", "batch_size", "block_size", "device", "modalities"}
+# Pre-processing run_batch applies before fusing, as fuse_files does (preprocessing.align_to_first).
+_PREPARE_KEYS = {"register", "denoise"}
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 # Least time between two rewrites of the report during a batch (it is always written at the end).
@@ -675,11 +677,11 @@ def _prepare_output_dir(output_dir: PathLike) -> Path:
 
 
 def _check_fuse_kwargs(fuse_kwargs: Mapping[str, object]) -> None:
-    unknown = sorted(set(fuse_kwargs) - _FUSE_2D_KEYS - _FUSE_3D_KEYS)
+    unknown = sorted(set(fuse_kwargs) - _FUSE_2D_KEYS - _FUSE_3D_KEYS - _PREPARE_KEYS)
     if unknown:
         raise InputError(
             f"run_batch: unknown fusion option(s) {unknown}; allowed: "
-            f"{sorted(_FUSE_2D_KEYS | _FUSE_3D_KEYS)}"
+            f"{sorted(_FUSE_2D_KEYS | _FUSE_3D_KEYS | _PREPARE_KEYS)}"
         )
 
 
@@ -808,6 +810,9 @@ def run_batch(
     :param fuse_kwargs: passed on to ``fuse`` (``block_size``, ``stride``, ``device``,
         ``modalities``) and ``fuse_volume`` (``axis``, ``batch_size``, ``block_size``,
         ``device``, ``modalities``); each gets the ones it takes. A group's own modalities win.
+        ``register`` (``"rigid"``/``"affine"``) and ``denoise`` (a denoising method) pre-process
+        each group first, with the step :func:`~MedFusionLib.fusion.fuse_files` runs
+        (:func:`~MedFusionLib.preprocessing.align_to_first`); None (the default) is off.
     :returns: the :class:`BatchReport` (also in ``output_dir/batch_report.csv``).
     :raises InputError: unusable model, output folder or option; duplicate group names;
         an output path that is an input.
@@ -918,6 +923,12 @@ def _run_group(
                 raise InputError(
                     f"{group.inputs[i - 1]}: {image.dimension}D, but input 1 is {inputs[0].dimension}D"
                 )
+        register, denoise = fuse_kwargs.get("register"), fuse_kwargs.get("denoise")
+        if register or denoise:  # the step fuse_files runs: denoise, then register onto input 1's grid
+            try:
+                inputs = align_to_first(inputs, denoise_method=denoise, register_transform=register, cancel=cancel)
+            except RegistrationCancelled:
+                raise FusionCancelled("fusion cancelled (pre-processing)") from None
         # Read the target before fusing, so a bad target fails the group with nothing written.
         target = read_image(group.target) if (want_metrics and group.target) else None
         if inputs[0].dimension == 2:

@@ -91,6 +91,8 @@ def command_batch(args: argparse.Namespace) -> int:
     groups = groups_from_folder(source) if source.is_dir() else groups_from_manifest(source)
     bar = ProgressBar("batch", enabled=not args.quiet)
     report = run_batch(groups, args.output, method=args.method, overwrite=args.overwrite,
+                       register=None if args.register == "none" else args.register,
+                       denoise=None if args.denoise == "none" else args.denoise,
                        metrics=not args.no_metrics, progress=bar, block_size=args.block_size, device=args.device)
     bar.close()
     print(report.summary())
@@ -245,15 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    def add_preprocessing_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--register", choices=["none", "rigid", "affine"], default="none",
+                       help="register inputs 2.. onto input 1 first (Mattes mutual information)")
+        p.add_argument("--denoise", choices=["none", "curvature_flow", "gaussian", "median", "bilateral"],
+                       default="none", help="denoise the inputs first")
+
     fuse = sub.add_parser("fuse", help="fuse registered images or volumes", description=command_fuse.__doc__)
     fuse.add_argument("inputs", nargs="+", help="2 or more images (PNG, TIFF, JPEG) or volumes (NIfTI, NRRD, MHA, DICOM folder)")
     fuse.add_argument("-o", "--output", required=True, help="output file (PNG for 2D, NIfTI/NRRD/MHA for 3D)")
     fuse.add_argument("--modality", nargs="+", help="modality per input for standardisation: CT MRI PET SPECT")
     fuse.add_argument("--axis", type=int, default=0, help="volume array axis to slice along (default 0)")
-    fuse.add_argument("--register", choices=["none", "rigid", "affine"], default="none",
-                      help="register inputs 2.. onto input 1 first (Mattes mutual information)")
-    fuse.add_argument("--denoise", choices=["none", "curvature_flow", "gaussian", "median", "bilateral"],
-                      default="none", help="denoise the inputs first")
+    add_preprocessing_options(fuse)
     fuse.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     add_method_options(fuse)
     fuse.set_defaults(handler=command_fuse)
@@ -263,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-o", "--output", required=True, help="output folder (a re-run skips finished outputs)")
     batch.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     batch.add_argument("--no-metrics", action="store_true", help="skip the metrics (volumes: scored slice by slice)")
+    add_preprocessing_options(batch)
     add_method_options(batch)
     batch.set_defaults(handler=command_batch)
 

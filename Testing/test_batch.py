@@ -472,8 +472,25 @@ def test_cli_batch_ends_with_a_readable_summary(tmp_path: Path, capsys) -> None:
     groups = _groups_2d(tmp_path / "in", 2)
     manifest = tmp_path / "cases.csv"
     manifest.write_text("name,input_1,input_2\n" + "".join(f"{g.name},{g.inputs[0]},{g.inputs[1]}\n" for g in groups))
-    assert main(["batch", str(manifest), "-o", str(tmp_path / "out"), "--method", "average", "-q"]) == 0
+    assert main(["batch", str(manifest), "-o", str(tmp_path / "out"), "--method", "average", "--denoise", "gaussian",
+                 "-q"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[0].startswith("2 case(s): 2 fused, 0 skipped (output already there), 0 failed; fusion time ")
     assert printed[1].startswith("mean over 2 scored case(s): Q^AB/F ") and "BatchReport(" not in "".join(printed)
     assert printed[-1] == f"report: {tmp_path / 'out' / REPORT_NAME}"
+
+
+def test_batch_registers_and_denoises_as_fuse_files_does(tmp_path: Path) -> None:
+    """--register/--denoise in a batch: each group's result equals fuse_files with the same options."""
+    from MedFusionLib.fusion import fuse_files
+
+    groups = _groups_3d(tmp_path / "in", 1)
+    report = run_batch(groups, tmp_path / "out", METHOD, register="rigid", denoise="gaussian", metrics=False)
+    assert report.done == 1, report.rows[0].error
+    single = fuse_files(list(groups[0].inputs), tmp_path / "single.nii.gz", method=METHOD, register="rigid",
+                        denoise="gaussian")
+    np.testing.assert_allclose(read_image(report.rows[0].output).array, read_image(single.path).array, atol=1e-6)
+    plain = run_batch(groups, tmp_path / "plain", METHOD, metrics=False)
+    assert not np.allclose(read_image(plain.rows[0].output).array, read_image(single.path).array, atol=1e-4)
+    with pytest.raises(InputError, match="unknown fusion option"):
+        run_batch(groups, tmp_path / "bad", METHOD, regsiter="rigid")
