@@ -204,3 +204,46 @@ def test_no_module_imports_a_layer_above_it():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(n.split(".")[0] in ("slicer", "qt", "ctk", "MedFusionSlicerLib") for n in names)
+
+
+def test_no_import_cycles_between_modules():
+    """Counting imports inside functions too: no module reaches itself again through its imports."""
+    import ast
+    from pathlib import Path
+
+    root = Path(MedFusionLib.__file__).parent
+
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in root.rglob("*.py")}
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
+            # "from . import fmi" imports the submodule, not the package's own code
+            for imported in submodules if len(submodules) == len(node.names) else [target, *submodules]:
+                if imported in modules and imported != module:
+                    edges[module].add(imported)
+
+    def reaches(start: str) -> bool:
+        seen, stack = set(), list(edges[start])
+        while stack:
+            current = stack.pop()
+            if current == start:
+                return True
+            if current not in seen:
+                seen.add(current)
+                stack.extend(edges[current])
+        return False
+
+    assert [m for m in modules if reaches(m)] == []

@@ -18,6 +18,10 @@ from ..fusion import FusionResult, Method, fuse, load_method
 from ..metrics import HIGHER, LOWER, METRICS, evaluate
 from .data import Case
 
+#: The papers' "primary" / "secondary" disturbance per kind (the perturbation study; its module docstring).
+PRIMARY: dict[str, float] = {"gaussian": 0.02, "salt_and_pepper": 0.01, "speckle": 0.05}
+SECONDARY: dict[str, float] = {"gaussian": 0.05, "salt_and_pepper": 0.05, "speckle": 0.10}
+
 #: The methods every study compares by default: the shipped model, then every baseline.
 DEFAULT_METHODS: tuple[str, ...] = ("default", *BASELINES)
 #: Column of the fusion wall time (seconds, fusion only: no loading, standardising or scoring).

@@ -9,8 +9,8 @@ import html
 from typing import Any, Sequence
 
 from ._run import Row
-from .report import _fmt, _Page, html_table
-from .tables import PAPER_SUFFIX
+from ._html import Page, format_value, html_table
+from .paper_tables import PAPER_SUFFIX
 
 #: Quantities of the repeated-training summary shown in the report (when present).
 TRAINING_QUANTITIES: tuple[str, ...] = ("final_loss", "QABF", "SSIM", "RMSE", "PSNR", "MI", "EN", "SSIM_S", "VIF")
@@ -31,11 +31,11 @@ def _pair_table(rows: Sequence[Row], summary: Sequence[Row], columns: Sequence[d
     body = []
     for row in rows:
         body.append(f"<tr><td>Test {row['test']}</td>" + "".join(
-            _cell(_fmt(row.get(c["label"])), _fmt(row.get(c["label"] + PAPER_SUFFIX))) for c in columns) + "</tr>")
+            _cell(format_value(row.get(c["label"])), format_value(row.get(c["label"] + PAPER_SUFFIX))) for c in columns) + "</tr>")
     for statistic in ("mean", "std"):
         body.append(f"<tr><td><b>{statistic}</b></td>" + "".join(
-            _cell(_fmt(cells.get(c["label"], {}).get(statistic)),
-                  _fmt(cells.get(c["label"], {}).get(f"paper_{statistic}")), bold=True) for c in columns) + "</tr>")
+            _cell(format_value(cells.get(c["label"], {}).get(statistic)),
+                  format_value(cells.get(c["label"], {}).get(f"paper_{statistic}")), bold=True) for c in columns) + "</tr>")
     return (f'<table class="paired"><thead><tr><th>test</th>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
 
@@ -50,19 +50,19 @@ def _methods_table(summary: Sequence[Row], columns: Sequence[dict[str, Any]]) ->
         counterpart = any(r["counterpart"] for r in summary if r["method"] == method)
         label = html.escape(method) + (" <b>(counterpart)</b>" if counterpart else "")
         body.append(f"<tr><td>{label}</td>" + "".join(
-            _cell(_fmt(cells.get((method, c["label"]), {}).get("mean")),
-                  "± " + _fmt(cells.get((method, c["label"]), {}).get("std"), 2)) for c in columns) + "</tr>")
+            _cell(format_value(cells.get((method, c["label"]), {}).get("mean")),
+                  "± " + format_value(cells.get((method, c["label"]), {}).get("std"), 2)) for c in columns) + "</tr>")
     if methods:
         first = methods[0]
         body.append('<tr class="printed"><td><b>paper (printed)</b></td>' + "".join(
-            _cell(_fmt(cells.get((first, c["label"]), {}).get("paper_mean")),
-                  "± " + _fmt(cells.get((first, c["label"]), {}).get("paper_std"), 2), bold=True)
+            _cell(format_value(cells.get((first, c["label"]), {}).get("paper_mean")),
+                  "± " + format_value(cells.get((first, c["label"]), {}).get("paper_std"), 2), bold=True)
             for c in columns) + "</tr>")
     return (f'<table class="paired"><thead><tr><th>method</th>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
-def paper_tables_section(page: _Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
+def paper_tables_section(page: Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
     """The papers' Tables 1-3 beside ours, with what differs."""
     config = record.get("studies", {}).get("tables", {})
     summary = tables["tables_summary"]
@@ -113,7 +113,7 @@ def paper_tables_section(page: _Page, tables: dict[str, list[Row]], record: dict
                                   "<table>", '<table class="notes">', 1))
 
 
-def training_section(page: _Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
+def training_section(page: Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
     """Repeated training: determinism per seed mode, spread of the model-level means, a figure."""
     from . import _figures as fig
 
@@ -135,7 +135,7 @@ def training_section(page: _Page, tables: dict[str, list[Row]], record: dict[str
         row: Row = {"mode": mode}
         for q in present:
             cell = cells[(mode, q)]
-            row[q] = f"{_fmt(cell['mean'])} ± {_fmt(cell['std'], 2)}"
+            row[q] = f"{format_value(cell['mean'])} ± {format_value(cell['std'], 2)}"
         rows.append(row)
     page.text("Each run's mean over the groups, then mean ± sample std over the runs:")
     page.raw(html_table(rows))

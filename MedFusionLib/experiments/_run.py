@@ -13,7 +13,6 @@ leaves a half-written CSV, figure or report.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -26,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -277,30 +276,3 @@ def require_matplotlib() -> None:
             "the report's figures need matplotlib: pip install 'medfusion[experiments]' "
             "(or pass --no-report / report=False for the CSVs only)"
         )
-
-
-@contextlib.contextmanager
-def open_run(out: str | os.PathLike, study: str, *, name: str | None = None, force: bool = False,
-             run: RunFolder | None = None, report: bool = False) -> Iterator[RunFolder]:
-    """The run folder a study writes into: ``run`` if given, else a new one.
-
-    The folder is made *before* the study computes, so a refused folder fails at once
-    rather than after minutes of work. If the study fails or is interrupted, a folder
-    made here is removed again (nothing half-finished is left behind); a folder passed
-    in as ``run`` belongs to the caller and is left alone. With ``report``, the report
-    is built after the study's files are written.
-    """
-    if report:
-        require_matplotlib()  # before the study runs, not after minutes of work
-    created = run is None
-    folder = RunFolder.create(out, study, name=name, force=force) if run is None else run
-    try:
-        yield folder
-    except BaseException:
-        if created:
-            shutil.rmtree(folder.path, ignore_errors=True)
-        raise
-    if report:  # after the study is safely written: a failing figure must not cost the results
-        from .report import build_report
-
-        build_report(folder.path)

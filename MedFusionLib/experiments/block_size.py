@@ -26,10 +26,11 @@ from ..data.targets import MODALITY_PAIRS
 from ..engine.blocks import validate_block_size
 from ..errors import InputError
 from ..fusion import Method
+from ..progress import ProgressCallback
 from ._common import TIME_COLUMN, fuse_case, metric_columns, method_label, score, seed_everything, spread, \
     warm_up
-from ..progress import ProgressCallback
-from ._run import Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ._run import Row, RunFolder, StudyResult, no_progress, resolved_device
+from ._study import open_run
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
 
 STUDY = "block_size"

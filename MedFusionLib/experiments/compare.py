@@ -32,10 +32,11 @@ import numpy as np
 from ..data.targets import MODALITY_PAIRS
 from ..fusion import Method, unit_to_uint8
 from ..metrics import HIGHER, LOWER
+from ..progress import ProgressCallback
 from ._common import TIME_COLUMN, direction, fuse_case, metric_columns, ranks, resolve_methods, score, \
     seed_everything, spread, warm_up
-from ..progress import ProgressCallback
-from ._run import Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ._run import Row, RunFolder, StudyResult, no_progress, resolved_device
+from ._study import open_run
 from .data import PAPER_PAIRS, Case, check_cases, describe, per_pair, phantom_dataset
 
 STUDY = "compare"

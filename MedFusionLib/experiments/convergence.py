@@ -32,7 +32,8 @@ from ..engine.training import TrainingHistory
 from ..errors import InputError
 from ..validation import check_int
 from ..progress import ProgressCallback
-from ._run import Row, RunFolder, StudyResult, no_progress, open_run
+from ._run import Row, RunFolder, StudyResult, no_progress
+from ._study import open_run
 
 STUDY = "convergence"
 DEFAULT_WINDOW = 100

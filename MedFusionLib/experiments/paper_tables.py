@@ -36,6 +36,9 @@ from dataclasses import dataclass
 
 from .data import PAPER_PAIRS, pair_label
 
+#: Suffix of the columns that hold the paper's printed value beside ours (``RMSE [paper]``).
+PAPER_SUFFIX = " [paper]"
+
 #: Our labels of the papers' two modality pairs (MRI = T1-weighted: the papers do not say which).
 CT_MRI, MRI_SPECT = (pair_label(p) for p in PAPER_PAIRS)
 #: The column of the fusion time in our tables (seconds).

@@ -43,7 +43,10 @@ from ..errors import InputError
 from ..fusion import Method
 from ..metrics import evaluate
 from ..validation import check_int
+from ..progress import ProgressCallback
 from ._common import (
+    PRIMARY,
+    SECONDARY,
     DATA_RANGE,
     TIME_COLUMN,
     fuse_case,
@@ -54,21 +57,17 @@ from ._common import (
     spread,
     warm_up,
 )
-from ..progress import ProgressCallback
 from ._run import (
     Row,
     RunFolder,
     StudyResult,
     no_progress,
-    open_run,
     resolved_device,
 )
+from ._study import open_run
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
 
 STUDY = "perturbation"
-#: The papers' "primary" / "secondary" disturbance, per kind (see the module docstring).
-PRIMARY: dict[str, float] = {"gaussian": 0.02, "salt_and_pepper": 0.01, "speckle": 0.05}
-SECONDARY: dict[str, float] = {"gaussian": 0.05, "salt_and_pepper": 0.05, "speckle": 0.10}
 #: Metrics against the clean sources (FMI, the slowest metric, is left out: many fusions are scored).
 PERTURBATION_METRICS: tuple[str, ...] = ("EN", "SF", "GRAD", "MI", "QW", "QABF", "SSIM_S", "VIF",
                                          "RMSE", "PSNR", "SSIM")

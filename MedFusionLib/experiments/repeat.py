@@ -28,6 +28,7 @@ import numpy as np
 from ..data.targets import MODALITY_PAIRS
 from ..fusion import Method
 from ..validation import check_int
+from ..progress import ProgressCallback
 from ._common import (
     TIME_COLUMN,
     fuse_case,
@@ -39,15 +40,14 @@ from ._common import (
     spread,
     warm_up,
 )
-from ..progress import ProgressCallback
 from ._run import (
     Row,
     RunFolder,
     StudyResult,
     no_progress,
-    open_run,
     resolved_device,
 )
+from ._study import open_run
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
 
 STUDY = "repeat"

@@ -39,8 +39,8 @@ import torch
 from ..engine.model import FusionModel
 from ..errors import InputError
 from ..validation import check_int
-from ._common import TIME_COLUMN, fuse_case, metric_columns, output_digest, score, spread
 from ..progress import ProgressCallback
+from ._common import TIME_COLUMN, fuse_case, metric_columns, output_digest, score, spread
 from ._run import Row, StudyResult, no_progress, resolved_device
 from .data import Case, check_cases, describe
 

@@ -10,9 +10,7 @@ the configuration of every study, the seeds, library versions and the machine.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import os
@@ -23,11 +21,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..metrics import METRICS
-from ._common import TIME_COLUMN
+from ._common import PRIMARY, SECONDARY, TIME_COLUMN
+from ._html import Page, format_value, html_table
 from ._run import RUN_RECORD, Row, RunFolder, read_csv
 
 REPORT_NAME = "report.html"
-FIGURES = "figures"
 #: Grid images shown at most (each is a figure of its own).
 MAX_GRIDS = 3
 
@@ -36,75 +34,10 @@ def _load_tables(folder: Path) -> dict[str, list[Row]]:
     return {path.stem: read_csv(path) for path in sorted(folder.glob("*.csv"))}
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        if math.isinf(value):
-            return "∞" if value > 0 else "-∞"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def html_table(rows: Sequence[Row], columns: Sequence[str] | None = None,
-               bold: set[tuple[int, str]] | None = None) -> str:
-    """Rows as an HTML table (values escaped; ``bold`` marks (row index, column) cells)."""
-    if not rows:
-        return "<p><em>no rows</em></p>"
-    columns = list(columns or rows[0])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = []
-    for i, row in enumerate(rows):
-        cells = []
-        for c in columns:
-            text = html.escape(_fmt(row.get(c)))
-            cells.append(f"<td><b>{text}</b></td>" if bold and (i, c) in bold else f"<td>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-class _Page:
-    """Collects sections, figures (saved to ``figures/`` and embedded) and writes the page."""
-
-    def __init__(self, run: RunFolder) -> None:
-        self.run = run
-        self.parts: list[str] = []
-        self.figures: list[str] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def text(self, text: str) -> None:
-        self.parts.append(f"<p>{html.escape(text)}</p>")
-
-    def raw(self, markup: str) -> None:
-        self.parts.append(markup)
-
-    def figure(self, figure: Any, name: str, caption: str) -> None:
-        import matplotlib.pyplot as plt
-
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110)
-        plt.close(figure)
-        data = buffer.getvalue()
-        self.run.write_bytes(f"{FIGURES}/{name}.png", data)
-        self.figures.append(name)
-        encoded = base64.b64encode(data).decode("ascii")
-        self.parts.append(f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(caption)}" '
-                          f'src="data:image/png;base64,{encoded}"><figcaption>{html.escape(caption)}'
-                          f"</figcaption></figure>")
-
-
 # ---------------------------------------------------------------------- sections
 
 
-def _compare_section(page: _Page, tables: dict[str, list[Row]], folder: Path) -> None:
+def _compare_section(page: Page, tables: dict[str, list[Row]], folder: Path) -> None:
     from . import _figures as fig
 
     summary = tables["compare_summary"]
@@ -122,8 +55,8 @@ def _compare_section(page: _Page, tables: dict[str, list[Row]], folder: Path) ->
                 cell = cells.get((pair, method, q))
                 if cell is None:
                     continue
-                rank = f" ({_fmt(cell['rank'], 3)})" if cell["rank"] is not None else ""
-                row[q] = f"{_fmt(cell['mean'])} ± {_fmt(cell['std'], 2)}{rank}"
+                rank = f" ({format_value(cell['rank'], 3)})" if cell["rank"] is not None else ""
+                row[q] = f"{format_value(cell['mean'])} ± {format_value(cell['std'], 2)}{rank}"
                 if cell["rank"] == 1.0:
                     bold.add((len(rows), q))
             rows.append(row)
@@ -149,7 +82,7 @@ def _count(rows: Sequence[Row], pair: str) -> int:
     return len({r["group"] for r in rows if r["pair"] == pair})
 
 
-def _grid_section(page: _Page, folder: Path) -> None:
+def _grid_section(page: Page, folder: Path) -> None:
     from . import _figures as fig
 
     path = folder / "compare_images.npz"
@@ -166,7 +99,7 @@ def _grid_section(page: _Page, folder: Path) -> None:
                         f"grid_{j}", f"{name}: sources, target, fused image of every method and |fused − target|.")
 
 
-def _repeat_section(page: _Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
+def _repeat_section(page: Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
     from . import _figures as fig
 
     determinism, summary = tables["repeat_determinism"], tables.get("repeat_summary", [])
@@ -195,7 +128,7 @@ def _repeat_section(page: _Page, tables: dict[str, list[Row]], record: dict[str,
         training_section(page, tables, record)
 
 
-def _block_size_section(page: _Page, tables: dict[str, list[Row]]) -> None:
+def _block_size_section(page: Page, tables: dict[str, list[Row]]) -> None:
     from . import _figures as fig
 
     summary = [r for r in tables["block_size_summary"] if r["pair"] == "all"]
@@ -210,7 +143,7 @@ def _block_size_section(page: _Page, tables: dict[str, list[Row]]) -> None:
             row: Row = {"method": method, "i": i, "n": 2**i}
             for q in quantities:
                 cell = cells.get((method, i, q), {})
-                row[q] = f"{_fmt(cell.get('mean'))} ± {_fmt(cell.get('std'), 2)}"
+                row[q] = f"{format_value(cell.get('mean'))} ± {format_value(cell.get('std'), 2)}"
             rows.append(row)
     page.raw(html_table(rows))
     ticks = {i: f"{i}\n(n={2**i})" for i in sorted({r["i"] for r in summary})}
@@ -219,9 +152,8 @@ def _block_size_section(page: _Page, tables: dict[str, list[Row]]) -> None:
                 "block_size", "Metrics and fusion time against the block-size exponent i (mean ± std over groups).")
 
 
-def _perturbation_section(page: _Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
+def _perturbation_section(page: Page, tables: dict[str, list[Row]], record: dict[str, Any]) -> None:
     from . import _figures as fig
-    from .perturbation import PRIMARY, SECONDARY
 
     summary = [r for r in tables["perturbation_summary"] if r["pair"] == "all"]
     config = record.get("studies", {}).get("perturbation", {})
@@ -241,7 +173,7 @@ def _perturbation_section(page: _Page, tables: dict[str, list[Row]], record: dic
         row: Row = {"method": method, "kind": kind, "level": level, "disturbance": label}
         for q in wanted:
             cell = cells.get((method, kind, level, q), {})
-            row[q] = f"{_fmt(cell.get('mean'))} ± {_fmt(cell.get('std'), 2)}"
+            row[q] = f"{format_value(cell.get('mean'))} ± {format_value(cell.get('std'), 2)}"
         rows.append(row)
     page.raw(html_table(rows))
     axis_labels = {"gaussian": ("Gaussian noise sigma (% of the [0, 1] intensity range)", 100.0),
@@ -257,7 +189,7 @@ def _perturbation_section(page: _Page, tables: dict[str, list[Row]], record: dic
                                             "over groups and draws); dashed: primary / secondary.")
 
 
-def _convergence_section(page: _Page, tables: dict[str, list[Row]]) -> None:
+def _convergence_section(page: Page, tables: dict[str, list[Row]]) -> None:
     from . import _figures as fig
 
     summary = tables["convergence_summary"][0]
@@ -310,7 +242,7 @@ def build_report(folder: str | os.PathLike) -> Path:
     run = RunFolder(path)
     record = run.record()
     tables = _load_tables(path)
-    page = _Page(run)
+    page = Page(run)
     if "compare_summary" in tables:
         _compare_section(page, tables, path)
     if "tables_summary" in tables:

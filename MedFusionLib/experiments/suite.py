@@ -14,7 +14,8 @@ from typing import Iterable, Mapping, Sequence
 
 from ..fusion import Method
 from ..progress import ProgressCallback
-from ._run import RunFolder, StudyResult, no_progress, open_run
+from ._run import RunFolder, StudyResult, no_progress
+from ._study import open_run
 from .data import Case
 
 STUDY = "all"

@@ -40,6 +40,7 @@ from ..errors import InputError
 from ..fusion import Method, load_method
 from ..metrics import HIGHER, LOWER
 from ..validation import check_int
+from ..progress import ProgressCallback
 from ._common import (
     TIME_COLUMN,
     direction,
@@ -51,16 +52,15 @@ from ._common import (
     spread,
     warm_up,
 )
-from ..progress import ProgressCallback
-from ._run import Row, RunFolder, StudyResult, no_progress, open_run, resolved_device
+from ._run import Row, RunFolder, StudyResult, no_progress, resolved_device
+from ._study import open_run
 from .data import PAPER_PAIRS, Case, check_cases, describe, phantom_dataset
-from .paper_tables import GENERAL_DIFFERENCES, PAPER_TABLES, TIME, PaperTable, paper_metrics
+from .paper_tables import GENERAL_DIFFERENCES, PAPER_SUFFIX, PAPER_TABLES, TIME, PaperTable, paper_metrics
 
 STUDY = "tables"
 #: ``dbm=TRAIN_DBM``: train a DBM for paper 000's table in the study (:func:`dbm_training_spec`).
 TRAIN_DBM = "train"
 #: Suffix of the columns holding the paper's printed values.
-PAPER_SUFFIX = " [paper]"
 #: The papers' ten tests per pair at 256 x 256, time averaged over 5 fusions; quick: 2 small groups, 1 fusion.
 FULL = {"count_per_pair": 10, "pairs": PAPER_PAIRS, "shape": (256, 256), "time_repeats": 5}
 QUICK = {"count_per_pair": 2, "pairs": PAPER_PAIRS, "shape": (64, 64), "time_repeats": 1}
