@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from .baselines import BASELINES, FusionBaseline, get_baseline
@@ -128,38 +129,42 @@ def to_unit_range(image: np.ndarray, modality: str | None = None, name: str = "i
     return np.asarray(percentile_normalise(array), dtype=np.float32)
 
 
-def _is_sitk(item: object) -> bool:
-    import SimpleITK as sitk
-
-    return isinstance(item, sitk.Image)
-
-
 #: What the fusion functions take as an image or volume, for messages.
 ACCEPTED_INPUTS = "a NumPy array, a SimpleITK.Image or a MedFusionLib LoadedImage"
 
 
-def as_loaded_image(item: object, name: str) -> LoadedImage:
-    """An input image as a :class:`LoadedImage`: kept, converted from ``SimpleITK.Image`` (geometry
-    included) or wrapped from an array. Anything else is refused at once, before NumPy could try to
-    iterate it element by element (a ``SimpleITK.Image`` given to ``np.asarray`` takes seconds).
+def _supported(item: object, name: str) -> LoadedImage | object:
+    """A :class:`LoadedImage` (kept, or converted from ``SimpleITK.Image`` with its geometry) or an
+    array-like (returned as is). Anything else is refused at once, before NumPy could try to iterate
+    it element by element (a ``SimpleITK.Image`` given to ``np.asarray`` takes seconds).
 
     :param item: the input.
     :param name: how messages name it ("source A", "volume B", ...).
     """
     if isinstance(item, LoadedImage):
         return item
-    import SimpleITK as sitk
-
     if isinstance(item, sitk.Image):
         return LoadedImage.from_sitk(item, name)
     if isinstance(item, (np.ndarray, list, tuple)) or hasattr(item, "__array__"):
-        array = np.asarray(item)
-        if array.dtype == object:
-            raise InputError(f"{name}: expected {ACCEPTED_INPUTS}, got a {type(item).__name__} of objects")
-        if array.ndim not in (2, 3):
-            raise InputError(f"{name}: expected a 2D or 3D image, got shape {array.shape}")
-        return LoadedImage.from_array(array)
+        return item
     raise InputError(f"{name}: expected {ACCEPTED_INPUTS}, got {type(item).__name__}")
+
+
+def as_loaded_image(item: object, name: str) -> LoadedImage:
+    """An input image as a :class:`LoadedImage` (see :func:`_supported`); arrays get unit geometry.
+
+    :param item: the input.
+    :param name: how messages name it ("source A", "volume B", ...).
+    """
+    item = _supported(item, name)
+    if isinstance(item, LoadedImage):
+        return item
+    array = np.asarray(item)
+    if array.dtype == object:
+        raise InputError(f"{name}: expected {ACCEPTED_INPUTS}, got a {type(item).__name__} of objects")
+    if array.ndim not in (2, 3):
+        raise InputError(f"{name}: expected a 2D or 3D image, got shape {array.shape}")
+    return LoadedImage.from_array(array)
 
 
 def _prepare_group(
@@ -176,13 +181,7 @@ def _prepare_group(
     chroma: Chroma | None = None
     for index, image in enumerate(images):
         name = source_name(index)
-        if not isinstance(image, LoadedImage):
-            import SimpleITK as sitk
-
-            if isinstance(image, sitk.Image):
-                image = LoadedImage.from_sitk(image, name)
-            elif not (isinstance(image, (np.ndarray, list, tuple)) or hasattr(image, "__array__")):
-                raise InputError(f"{name}: expected {ACCEPTED_INPUTS}, got {type(image).__name__}")
+        image = _supported(image, name)
         array = image.array if isinstance(image, LoadedImage) else np.asarray(image)
         is_colour = image.is_color if isinstance(image, LoadedImage) else (array.ndim == 3 and array.shape[-1] in (3, 4))
         if is_colour:
@@ -318,7 +317,7 @@ def fuse_volume(
         raise InputError(f"modalities: {len(modalities)} given for {len(volumes)} volumes")
     loaded = [as_loaded_image(v, f"volume {source_name(i)}") for i, v in enumerate(volumes)]
     # Geometry is compared where both volumes carry one (an array has none of its own).
-    carries_geometry = [isinstance(v, LoadedImage) or _is_sitk(v) for v in volumes]
+    carries_geometry = [isinstance(v, LoadedImage) or isinstance(v, sitk.Image) for v in volumes]
     for index, volume in enumerate(loaded):
         if volume.is_color or volume.array.ndim != 3:
             raise InputError(
@@ -372,7 +371,7 @@ def fuse_volume(
                 progress(stop / count, f"fused slices {stop}/{count}")
     np.clip(fused, 0.0, 1.0, out=fused)  # in place: a second volume-sized array would cost memory
     result = LoadedImage(np.moveaxis(fused, 0, axis), reference.spacing, reference.origin, reference.direction)
-    return result.to_sitk() if _is_sitk(volumes[0]) else result  # the kind of the first input
+    return result.to_sitk() if isinstance(volumes[0], sitk.Image) else result  # the kind of the first input
 
 
 #: File extensions written as 8-bit grey levels (``round(255 * fused)``); others hold float32 in [0, 1].

@@ -8,7 +8,7 @@ operation's :class:`~MedFusionLib.errors.Cancelled` subclass when the flag is se
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional, Protocol
+from typing import Callable, Protocol
 
 #: ``progress(fraction, message)``: fraction in [0, 1], a short human-readable message.
 ProgressCallback = Callable[[float, str], None]
@@ -18,11 +18,6 @@ class CancelFlag(Protocol):
     """Anything with ``is_set()``, such as :class:`threading.Event`."""
 
     def is_set(self) -> bool: ...
-
-
-def cancel_requested(cancel: Optional[CancelFlag]) -> bool:
-    """Whether ``cancel`` is given and set."""
-    return cancel is not None and cancel.is_set()
 
 
 class ProgressBar:

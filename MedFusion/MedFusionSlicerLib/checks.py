@@ -14,7 +14,7 @@ import numpy as np
 import slicer  # the MRML classes and slicer.util: from the Slicer application or the slicer-core wheel
 
 from MedFusionLib.errors import InputError
-from MedFusionLib.metrics import METRICS, metric_names
+from MedFusionLib.metrics import METRICS, default_metrics
 
 from .choices import DEVICES
 
@@ -145,7 +145,7 @@ def resolve_device(device: Any) -> Optional[str]:
 def check_metrics(metrics: Optional[Sequence[str]], has_target: bool) -> list[str]:
     """The metric keys to compute, in registry order (default: every metric the inputs allow)."""
     if metrics is None:
-        return [k for k in metric_names() if has_target or METRICS[k].family != "target"]
+        return default_metrics(has_target)
     keys = list(metrics)
     unknown = [k for k in keys if k not in METRICS]
     if unknown:

@@ -35,6 +35,7 @@ from .evaluate import (
     METRICS,
     NEUTRAL,
     MetricInfo,
+    default_metrics,
     evaluate,
     format_table,
     metric_names,
@@ -69,7 +70,7 @@ from .volume import VolumeScores, evaluate_volume
 
 __all__ = [
     "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX", "ScoredGroup", "VolumeScores",
-    "average_gradient", "conditional_entropy", "cross_entropy", "edge_dependent_quality_index",
+    "average_gradient", "conditional_entropy", "cross_entropy", "default_metrics", "edge_dependent_quality_index",
     "energy_of_gradient", "entropy", "evaluate", "evaluate_volume", "feature_mutual_information", "fmi_backend", "format_table",
     "fusion_mutual_information", "gradient_based_quality_index", "gradient_based_quality_index_liu", "mean_intensity", "metric_names", "metrics_backend",
     "metrics_table", "mutual_information", "peak_signal_to_noise_ratio", "relative_error",

@@ -116,6 +116,14 @@ def metric_names(family: str | None = None, *, variants: bool = False) -> list[s
             if (family is None or m.family == family) and (variants or m.variant_of is None)]
 
 
+def default_metrics(with_target: bool) -> list[str]:
+    """The keys :func:`evaluate` computes when not told: every default metric the inputs allow.
+
+    :param with_target: whether a target image is given (it enables the target family).
+    """
+    return [k for k in metric_names() if with_target or METRICS[k].family != "target"]
+
+
 def evaluate(
     fused: object,
     sources: Sequence[object],
@@ -141,7 +149,7 @@ def evaluate(
         for numba when it is installed; both give the same values up to rounding.
     """
     if metrics is None:
-        keys = [k for k in metric_names() if target is not None or METRICS[k].family != "target"]
+        keys = default_metrics(target is not None)
     else:
         keys = list(metrics)
         unknown = [k for k in keys if k not in METRICS]

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from ._common import DataRange
 from ._group import Role, ScoredGroup, in_row_bands
@@ -29,22 +28,12 @@ QABF_LIU_CONSTANTS = {"gamma_g": 1.0, "k_g": -10.0, "d_g": 0.5, "gamma_a": 1.0, 
 _LIU_EPSILON = 0.00001
 
 
-def _sobel_zero_padded(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontal and vertical Sobel responses with zero padding (MATLAB ``conv2``/``filter2`` ``'same'``).
-
-    ``x`` = right minus left column (weights 1, 2, 1), ``y`` = lower minus upper row:
-    Liu's ``filter2(flt1, .)``, ``filter2(flt2, .)``. VIFB's ``conv2(., h3)`` is ``-x`` and
-    its ``conv2(., h1)`` is ``y``; the sign of x changes no strength and no orientation
-    difference, but it is kept so the orientations are VIFB's own numbers.
-    """
-    return ndimage.sobel(image, axis=1, mode="constant"), ndimage.sobel(image, axis=0, mode="constant")
-
-
 def _sobel_sums(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-padded Sobel (right - left, lower - upper) in the compiled kernel's order of operations.
+    """Zero-padded Sobel responses: x = right minus left column, y = lower minus upper row (weights 1, 2, 1).
 
-    The same additions in the same order as ``_kernels.qabf_sums``, so both backends find the
-    same equal strengths (VIFB's rule for them is a jump, not a limit).
+    Liu's ``filter2(flt1/flt2, ., 'same')``; VIFB's ``conv2(., h3)`` is ``-x`` and its
+    ``conv2(., h1)`` is ``y``. The additions are made in ``_kernels.qabf_sums``' order, so both
+    backends find the same equal strengths (VIFB's rule for them is a jump, not a limit).
     """
     padded = np.pad(image, 1)
     rows, cols = image.shape
@@ -141,7 +130,7 @@ def _gradient_based_quality_liu(group: ScoredGroup) -> float:
     eps = _LIU_EPSILON
 
     def edges(role: Role) -> tuple[np.ndarray, np.ndarray]:
-        x, y = _sobel_zero_padded(group.image(role))
+        x, y = _sobel_sums(group.image(role))
         strength = np.sqrt(x * x + y * y)
         x = x + (x == 0) * eps  # metricXydeas.m's guard, kept: it sets the angle of vertical edges
         return strength, np.arctan(y / x)

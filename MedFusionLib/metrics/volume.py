@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..progress import CancelFlag
-from .evaluate import METRICS, evaluate, metric_names
+from .evaluate import default_metrics, evaluate
 
 
 @dataclass
@@ -82,9 +82,7 @@ def evaluate_volume(
     for name, volume in [*((f"source {i + 1}", u) for i, u in enumerate(units)), ("target", target_unit)]:
         if volume is not None and volume.shape != fused.shape:
             raise InputError(f"{name}: shape {volume.shape} differs from the fused volume's {fused.shape}")
-    keys = list(metrics) if metrics is not None else [
-        k for k in metric_names() if target is not None or METRICS[k].family != "target"
-    ]
+    keys = list(metrics) if metrics is not None else default_metrics(target is not None)
 
     count = fused.shape[axis]
     values = {key: np.full(count, np.nan) for key in keys}
