@@ -174,6 +174,7 @@ class MedFusionParameterNode:
     resampleToFirst: bool = False
     denoise: Annotated[str, Choice(DENOISE_CHOICES)] = "none"
     computeMetrics: bool = True
+    computeContributions: bool = False
     outputVolume: vtkMRMLScalarVolumeNode
     metricsTable: vtkMRMLTableNode
     sliceTable: vtkMRMLTableNode
@@ -429,7 +430,8 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         ``BackgroundFusion`` at once (see the class docstring). showResult: show it in the views (GUI only).
         The other keyword arguments are those of ``MedFusionLogicCore.fuse`` (axis, blockSize, device,
         resampleToFirst, metricsTableNode, sliceTableNode, plotChartNode, modalities, register, denoise,
-        computeMetrics, metrics, plotMetrics; progress and cancel only with waitForCompletion=True).
+        computeMetrics, metrics, plotMetrics, computeContributions, contributionVolumeNode; progress and cancel
+        only with waitForCompletion=True).
         """
         startTime = time.time()
         logging.info("MedFusion: processing started")
@@ -449,8 +451,12 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         """Show the fused volume in the slice views and the metrics table and plot (only with a GUI)."""
         if slicer.app.commandOptions().noMainWindow:
             return
-        slicer.util.setSliceViewerLayers(background=result.outputVolumeNode, foreground=backgroundVolumeNode,
-                                         foregroundOpacity=0.0, fit=True)
+        if result.contributionVolumeNode is not None:  # the map over the fused volume
+            slicer.util.setSliceViewerLayers(background=result.outputVolumeNode,
+                                             foreground=result.contributionVolumeNode, foregroundOpacity=0.4, fit=True)
+        else:
+            slicer.util.setSliceViewerLayers(background=result.outputVolumeNode, foreground=backgroundVolumeNode,
+                                             foregroundOpacity=0.0, fit=True)
         if result.metricsTableNode is not None:
             slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
             selectionNode = slicer.app.applicationLogic().GetSelectionNode()

@@ -69,15 +69,15 @@ from .fusion import (
     FusionCancelled,
     Method,
     _chosen_method,
-    fuse,
-    fuse_volume,
+    fuse_prepared,
     load_method,
+    prepare_inputs,
     to_unit_range,
     unit_to_uint8,
 )
 from .io import LoadedImage, PathLike, atomic_output, read_image, remove_stale_temporaries, write_image
 from .metrics import METRICS, evaluate, evaluate_volume, table_to_csv
-from .preprocessing import MODALITIES, RegistrationCancelled, align_to_first, split_luminance
+from .preprocessing import MODALITIES, split_luminance
 from .progress import CancelFlag, ProgressCallback
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ _MODALITY_COLUMN = re.compile(r"modality_([1-9][0-9]*)")
 # fuse() / fuse_volume() keyword arguments run_batch passes on; each gets only those it takes.
 _FUSE_2D_KEYS = {"block_size", "stride", "device", "modalities"}
 _FUSE_3D_KEYS = {"axis", "batch_size", "block_size", "device", "modalities"}
-# Pre-processing run_batch applies before fusing, as fuse_files does (preprocessing.align_to_first).
+# Pre-processing run_batch applies before fusing, as fuse_files does (fusion.prepare_inputs).
 _PREPARE_KEYS = {"register", "denoise"}
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -425,8 +425,8 @@ class BatchRow:
 
     :param name: the case name.
     :param status: ``"done"``, ``"skipped"`` (output already there) or ``"failed"``.
-    :param seconds: fusion time (from :class:`~MedFusionLib.fusion.FusionResult` for 2D,
-        measured around :func:`~MedFusionLib.fusion.fuse_volume` for 3D); for a skipped
+    :param seconds: fusion time (the :class:`~MedFusionLib.fusion.FusionResult`'s, after reading and
+        pre-processing); for a skipped
         group the value recorded by the run that produced the output, if known.
     :param output: the fused file (``None`` when nothing was written).
     :param error: one-line error for a failed group, or a metrics problem; ``""`` otherwise.
@@ -765,7 +765,9 @@ def run_batch(
 ) -> BatchReport:
     """Fuse every group into ``output_dir``, resumably; write and return the report.
 
-    Per group: the inputs are read; 2D groups are fused by :func:`~MedFusionLib.fusion.fuse`,
+    Per group: the inputs are read and go the way of ``medfusion fuse``
+    (:func:`~MedFusionLib.fusion.prepare_inputs`, then :func:`~MedFusionLib.fusion.fuse_prepared`):
+    2D groups are fused by :func:`~MedFusionLib.fusion.fuse`,
     3D groups by :func:`~MedFusionLib.fusion.fuse_volume` (output on the first input's grid:
     origin, spacing, direction). The result goes to ``<name>_fused<ext>``, plus
     ``<name>_fused_colour<ext>`` for a pseudo-colour 2D group, each written atomically.
@@ -917,25 +919,21 @@ def _run_group(
         output, colour_output = _fused_paths(folder, group.name, ext)
         if output.exists() and not overwrite:
             return _skipped_row(group, output, want_metrics, previous, fuse_kwargs.get("axis", 0))
-        inputs = [read_image(p) for p in group.inputs]
-        for i, image in enumerate(inputs[1:], start=2):
-            if image.dimension != inputs[0].dimension:
+        read = [read_image(p) for p in group.inputs]
+        for i, image in enumerate(read[1:], start=2):
+            if image.dimension != read[0].dimension:
                 raise InputError(
-                    f"{group.inputs[i - 1]}: {image.dimension}D, but input 1 is {inputs[0].dimension}D"
+                    f"{group.inputs[i - 1]}: {image.dimension}D, but input 1 is {read[0].dimension}D"
                 )
-        register, denoise = fuse_kwargs.get("register"), fuse_kwargs.get("denoise")
-        if register or denoise:  # the step fuse_files runs: denoise, then register onto input 1's grid
-            try:
-                inputs = align_to_first(inputs, denoise_method=denoise, register_transform=register, cancel=cancel)
-            except RegistrationCancelled:
-                raise FusionCancelled("fusion cancelled (pre-processing)") from None
         # Read the target before fusing, so a bad target fails the group with nothing written.
         target = read_image(group.target) if (want_metrics and group.target) else None
+        # The path of medfusion fuse (fuse_files); the metrics score against the aligned inputs.
+        inputs = prepare_inputs(read, register=fuse_kwargs.get("register"), denoise=fuse_kwargs.get("denoise"),
+                                cancel=cancel)
+        keys = _FUSE_2D_KEYS if inputs[0].dimension == 2 else _FUSE_3D_KEYS
+        result = fuse_prepared(inputs, method, progress=progress, cancel=cancel, **_kwargs_for(keys, fuse_kwargs, group))
+        seconds = result.seconds
         if inputs[0].dimension == 2:
-            result = fuse(inputs, method=method, **_kwargs_for(_FUSE_2D_KEYS, fuse_kwargs, group))
-            if cancel is not None and cancel.is_set():
-                raise FusionCancelled("fusion cancelled")
-            seconds = result.seconds
             if result.colour is not None:
                 # Written first: the main output marks the group complete, so it comes last.
                 _write_2d(result.colour, colour_output, inputs[0], True, True, protected)
@@ -943,17 +941,9 @@ def _run_group(
             stored = _write_2d(result.image, output, inputs[0], False, overwrite, protected)
             written.append(output)
         else:
-            start = time.perf_counter()
-            volume = fuse_volume(
-                inputs, method=method, progress=progress, cancel=cancel,
-                **_kwargs_for(_FUSE_3D_KEYS, fuse_kwargs, group),
-            )
-            seconds = time.perf_counter() - start
-            if cancel is not None and cancel.is_set():
-                raise FusionCancelled("fusion cancelled")
-            write_image(volume, output, reference=inputs[0], overwrite=overwrite, protected_paths=protected)
+            write_image(result.image, output, reference=inputs[0], overwrite=overwrite, protected_paths=protected)
             written.append(output)
-            stored = volume.array  # float32, stored as is
+            stored = result.array  # float32, stored as is
     except FusionCancelled:
         for path in written:
             _remove_quietly(path)

@@ -57,7 +57,7 @@ def command_demo(args: argparse.Namespace) -> int:
     volumes = [read_image(example_path("ct_volume")), read_image(example_path("mri_volume"))]
     bar = ProgressBar("volume", enabled=not args.quiet)
     start = time.perf_counter()
-    fused_volume = fuse_volume(volumes, modalities=["CT", "MRI"], progress=bar)
+    fused_volume = fuse_volume(volumes, modalities=["CT", "MRI"], progress=bar).image
     bar.close()
     write_image(fused_volume, output / "fused_volume.nii.gz", overwrite=True)
     print(f"3D example: {volumes[0].array.shape} volumes fused slice by slice in {time.perf_counter() - start:.2f} s; "
@@ -75,11 +75,14 @@ def command_fuse(args: argparse.Namespace) -> int:
         written = fuse_files(args.inputs, args.output, method=args.method, modalities=args.modality, axis=args.axis,
                              register=None if args.register == "none" else args.register,
                              denoise=None if args.denoise == "none" else args.denoise, block_size=args.block_size,
-                             device=args.device, overwrite=args.overwrite, progress=bar)
+                             device=args.device, overwrite=args.overwrite, contributions=args.contributions,
+                             progress=bar)
     finally:
         bar.close()
     print(f"fused with {written.method} in {written.seconds:.3f} s")
     print(f"wrote {written.path}")
+    if written.contributions_path is not None:
+        print(f"wrote {written.contributions_path} (component k: input k's share of each fused pixel)")
     return 0
 
 
@@ -259,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--modality", nargs="+", help="modality per input for standardisation: CT MRI PET SPECT")
     fuse.add_argument("--axis", type=int, default=0, help="volume array axis to slice along (default 0)")
     add_preprocessing_options(fuse)
-    fuse.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    fuse.add_argument("--contributions", metavar="FILE",
+                      help="also write where each fused pixel came from: one component per input, its share "
+                           "in [0, 1] (NIfTI, NRRD, MHA or TIFF; not for the DBM model)")
+    fuse.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_method_options(fuse)
     fuse.set_defaults(handler=command_fuse)
 

@@ -11,6 +11,7 @@ device choice, progress and cancellation. Inputs are never modified.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,15 @@ from .baselines import BASELINES, FusionBaseline, get_baseline
 from .engine.devices import inference_context, resolve_device
 from .engine.model import FusionModel
 from .errors import Cancelled, InputError
-from .io import LoadedImage, PathLike, check_output_path, read_image, remove_stale_temporaries, write_image
+from .io import (
+    LoadedImage,
+    PathLike,
+    atomic_output,
+    check_output_path,
+    read_image,
+    remove_stale_temporaries,
+    write_image,
+)
 from .preprocessing import (
     Chroma,
     merge_luminance,
@@ -48,18 +57,46 @@ class FusionCancelled(Cancelled):
 
 @dataclass
 class FusionResult:
-    """A fused 2D image.
+    """What every fusion function returns: the fused image, what made it, how long it took.
 
-    :param image: the fused luminance / grey image, ``float32`` in [0, 1].
-    :param colour: ``(H, W, 3)`` ``float32`` RGB in [0, 1] when an input was colour, else None.
+    The same type for :func:`fuse` (2D), :func:`fuse_volume` (3D) and :func:`fuse_files`.
+
+    :param image: the fused image, ``float32`` in [0, 1]: an array for :func:`fuse`; for
+        :func:`fuse_volume` and :func:`fuse_files` of volumes, the kind of the first input
+        (``SimpleITK.Image`` or :class:`LoadedImage`) on its grid.
+    :param colour: ``(H, W, 3)`` ``float32`` RGB in [0, 1] when a 2D input was colour, else None.
     :param seconds: wall time of the fusion itself (after loading and standardisation).
     :param method: what fused it.
+    :param contributions: with ``contributions=True``, each input's share of the fused value
+        (in [0, 1], summing to 1 over the inputs; see :mod:`MedFusionLib.contributions`):
+        a ``(K, H, W)`` array for 2D, a list of K volumes of ``image``'s kind for 3D. Else None.
+    :param path: the file :func:`fuse_files` wrote, else None.
+    :param contributions_path: the contribution file :func:`fuse_files` wrote, else None.
     """
 
-    image: np.ndarray
+    image: Any
     colour: np.ndarray | None
     seconds: float
     method: str
+    contributions: Any = None
+    path: Path | None = None
+    contributions_path: Path | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        """The fused image as a NumPy array (a volume in SimpleITK's ``(z, y, x)`` order)."""
+        if isinstance(self.image, sitk.Image):
+            return sitk.GetArrayFromImage(self.image)
+        return self.image.array if isinstance(self.image, LoadedImage) else np.asarray(self.image)
+
+    @property
+    def dimension(self) -> int:
+        """2 for an image, 3 for a volume."""
+        return self.array.ndim
+
+
+#: :func:`fuse_files`' result had its own type before the API was unified; the name stays for one release.
+WrittenFusion = FusionResult
 
 
 _MODEL_CACHE: dict[tuple[str, float], FusionModel] = {}
@@ -238,6 +275,7 @@ def fuse(
     stride: int | None = None,
     device: str | torch.device | None = None,
     modalities: Sequence[str | None] | None = None,
+    contributions: bool = False,
     model: Method = _UNSET,
 ) -> FusionResult:
     """Fuse a group of K >= 2 registered 2D images.
@@ -250,6 +288,8 @@ def fuse(
     :param device: ``"auto"``/None (CUDA when present), ``"cpu"``, ``"cuda"``.
     :param modalities: optional modality per image (``"CT"``, ``"MRI"``, ``"PET"``, ``"SPECT"``)
         for standardisation; default: automatic (see :func:`to_unit_range`).
+    :param contributions: also compute each input's share of every fused pixel (``result.contributions``,
+        ``(K, H, W)``; see :mod:`MedFusionLib.contributions`). The DBM model has none.
     :param model: the old name of ``method`` (deprecated; one release).
     :returns: a :class:`FusionResult`.
     """
@@ -259,15 +299,34 @@ def fuse(
     torch_device = resolve_device(device)  # checked for baselines too: a wrong device is a mistake
     if not isinstance(method, FusionModel) and (block_size is not None or stride is not None):
         raise InputError(f"block_size/stride: {method_name(method)} fuses whole images; blocks apply to learned models")
+    _check_contributions(method, contributions)
     start = time.perf_counter()
+    shares = None
     if isinstance(method, FusionModel):
-        fused = method.fuse(prepared, block_size=block_size, stride=stride, device=torch_device)
+        fused = method.fuse(prepared, block_size=block_size, stride=stride, device=torch_device,
+                            contributions=contributions)
+        if contributions:
+            fused, shares = fused
+    elif contributions:
+        fused, shares = method.fuse_with_contributions(prepared)
+        fused, shares = fused.astype(np.float32), shares.astype(np.float32)
     else:
         fused = method.fuse(prepared).astype(np.float32)
     seconds = time.perf_counter() - start
     fused = np.clip(fused, 0.0, 1.0)
     colour = merge_luminance(fused, chroma).astype(np.float32) if chroma is not None else None
-    return FusionResult(fused, colour, seconds, method_name(method))
+    return FusionResult(fused, colour, seconds, method_name(method), contributions=shares)
+
+
+def _check_contributions(method: FusionModel | FusionBaseline, contributions: bool) -> None:
+    """Refuse a contribution map before the work where the method has none."""
+    if not isinstance(contributions, bool):
+        raise InputError(f"contributions: expected True or False, got {contributions!r}")
+    if contributions and isinstance(method, FusionModel) and method.family != "cnn":
+        raise InputError(
+            f"contributions: the {method_name(method)} predicts fused values, not weights of its inputs, "
+            "so it has no contribution map; use the default model or a baseline"
+        )
 
 
 def fuse_volume(
@@ -281,8 +340,9 @@ def fuse_volume(
     modalities: Sequence[str | None] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    contributions: bool = False,
     model: Method = _UNSET,
-) -> object:
+) -> FusionResult:
     """Fuse K registered 3D volumes slice by slice and reassemble a volume on the first one's grid.
 
     Each volume is standardised as a whole (so slices stay comparable), cut into 2D
@@ -301,10 +361,12 @@ def fuse_volume(
     :param modalities: as in :func:`fuse`.
     :param progress: ``progress(fraction, message)`` after every batch.
     :param cancel: ``cancel.is_set()`` is checked between batches; raises :class:`FusionCancelled`.
+    :param contributions: also compute each input's share of every fused voxel
+        (``result.contributions``: K volumes like ``result.image``; costs K more float32 volumes).
     :param model: the old name of ``method`` (deprecated; one release).
-    :returns: float32 in [0, 1] on the first volume's grid, of the first volume's kind: a
-        ``SimpleITK.Image`` for a ``SimpleITK.Image`` (origin, spacing and direction exactly its),
-        else a :class:`LoadedImage`.
+    :returns: a :class:`FusionResult` whose ``image`` is float32 in [0, 1] on the first volume's grid,
+        of the first volume's kind: a ``SimpleITK.Image`` for a ``SimpleITK.Image`` (origin, spacing
+        and direction exactly its), else a :class:`LoadedImage`.
     """
     method = load_method(_chosen_method(method, model, "fuse_volume"))
     if isinstance(volumes, (np.ndarray, str, bytes)) or not isinstance(volumes, Sequence) or len(volumes) < 2:
@@ -338,6 +400,7 @@ def fuse_volume(
                     "register/resample it onto source A's grid first (medfusion fuse --register)"
                 )
     _check_inputs_fit(method, len(loaded))
+    _check_contributions(method, contributions)
     standardised = np.stack(
         [
             to_unit_range(v.array, modalities[i] if modalities else None, f"volume {source_name(i)}")
@@ -347,6 +410,7 @@ def fuse_volume(
     slices = np.moveaxis(standardised, axis + 1, 1)  # (K, S, h, w): slices along the chosen axis
     count = slices.shape[1]
     fused = np.empty(slices.shape[1:], dtype=np.float32)
+    shares = np.empty(slices.shape, dtype=np.float32) if contributions else None  # (K, S, h, w)
     resolved = resolve_device(device)
     torch_device = resolved if isinstance(method, FusionModel) else None
     if torch_device is None and block_size is not None:
@@ -355,6 +419,7 @@ def fuse_volume(
         method.network.to(torch_device)
     if batch_size is None:
         batch_size = 32 if torch_device is not None and torch_device.type == "cuda" else 4
+    clock = time.perf_counter()
     with inference_context():
         for start in range(0, count, batch_size):
             if cancel is not None and cancel.is_set():
@@ -362,36 +427,131 @@ def fuse_volume(
             stop = min(start + batch_size, count)
             if isinstance(method, FusionModel):
                 batch = torch.from_numpy(np.ascontiguousarray(slices[:, start:stop].transpose(1, 0, 2, 3)))
-                out = method.fuse_tensor(batch.to(torch_device), block_size=block_size)
+                out = method.fuse_tensor(batch.to(torch_device), block_size=block_size, contributions=contributions)
+                if contributions:
+                    out, batch_shares = out
+                    shares[:, start:stop] = batch_shares.float().cpu().numpy().transpose(1, 0, 2, 3)
                 fused[start:stop] = out[:, 0].float().cpu().numpy()
             else:
                 for s in range(start, stop):
-                    fused[s] = method.fuse(list(slices[:, s]))
+                    if contributions:
+                        fused[s], shares[:, s] = method.fuse_with_contributions(list(slices[:, s]))
+                    else:
+                        fused[s] = method.fuse(list(slices[:, s]))
             if progress is not None:
                 progress(stop / count, f"fused slices {stop}/{count}")
+    seconds = time.perf_counter() - clock
     np.clip(fused, 0.0, 1.0, out=fused)  # in place: a second volume-sized array would cost memory
-    result = LoadedImage(np.moveaxis(fused, 0, axis), reference.spacing, reference.origin, reference.direction)
-    return result.to_sitk() if isinstance(volumes[0], sitk.Image) else result  # the kind of the first input
+    as_input = isinstance(volumes[0], sitk.Image)  # results are of the first input's kind
+
+    def on_grid(array: np.ndarray) -> object:
+        volume = LoadedImage(np.moveaxis(array, 0, axis), reference.spacing, reference.origin, reference.direction)
+        return volume.to_sitk() if as_input else volume
+
+    maps = None if shares is None else [on_grid(share) for share in shares]
+    return FusionResult(on_grid(fused), None, seconds, method_name(method), contributions=maps)
 
 
 #: File extensions written as 8-bit grey levels (``round(255 * fused)``); others hold float32 in [0, 1].
 EIGHT_BIT_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: File extensions a contribution map can be written to (K float32 components per pixel).
+CONTRIBUTION_OUTPUTS = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff")
 
 
-@dataclass
-class WrittenFusion:
-    """What :func:`fuse_files` wrote.
+def prepare_inputs(
+    images: Sequence[LoadedImage],
+    *,
+    register: str | None = None,
+    denoise: str | None = None,
+    cancel: CancelFlag | None = None,
+) -> list[LoadedImage]:
+    """A group's pre-processing, as ``medfusion fuse`` and every case of ``medfusion batch`` run it:
+    one dimension for all, then denoising and registration of inputs 2.. onto input 1's grid when asked
+    (:func:`~MedFusionLib.preprocessing.align_to_first`). Then :func:`fuse_prepared`.
 
-    :param path: the output file.
-    :param method: what fused it.
-    :param seconds: wall time of the fusion itself.
-    :param dimension: 2 (an image) or 3 (a volume).
+    :param images: K >= 2 :class:`LoadedImage` (as :func:`~MedFusionLib.io.read_image` gives); not modified.
+    :param register: None (off), ``"rigid"`` or ``"affine"``.
+    :param denoise: None (off) or a :func:`~MedFusionLib.preprocessing.denoise` method, for grey inputs.
+    :param cancel: polled; raises :class:`FusionCancelled`.
     """
+    from .preprocessing import RegistrationCancelled, align_to_first
 
-    path: Path
-    method: str
-    seconds: float
-    dimension: int
+    images = list(images)
+    if len({image.dimension for image in images}) > 1:
+        shapes = ", ".join(f"{Path(image.path).name if image.path else source_name(i)}: {image.dimension}D"
+                           for i, image in enumerate(images))
+        raise InputError(f"inputs: mixed 2D images and 3D volumes ({shapes})")
+    if register or denoise:
+        try:
+            images = align_to_first(images, denoise_method=denoise, register_transform=register, cancel=cancel)
+        except RegistrationCancelled:
+            raise FusionCancelled("fusion cancelled (pre-processing)") from None
+    if cancel is not None and cancel.is_set():
+        raise FusionCancelled("fusion cancelled")
+    return images
+
+
+def fuse_prepared(
+    images: Sequence[LoadedImage],
+    method: Method = "default",
+    *,
+    axis: int = 0,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    stride: int | None = None,
+    device: str | torch.device | None = None,
+    modalities: Sequence[str | None] | None = None,
+    contributions: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> FusionResult:
+    """A group from :func:`prepare_inputs`, fused: 2D images by :func:`fuse`, volumes by :func:`fuse_volume`.
+
+    :param images: K >= 2 :class:`LoadedImage` of one dimension.
+    :param method: as in :func:`fuse`.
+    :param axis: for volumes, the array axis to slice along.
+    :param batch_size: for volumes, slices per forward pass (see :func:`fuse_volume`).
+    :param block_size: as in :func:`fuse`.
+    :param stride: for 2D images, as in :func:`fuse`.
+    :param device: as in :func:`fuse`.
+    :param modalities: as in :func:`fuse`.
+    :param contributions: as in :func:`fuse`.
+    :param progress: ``progress(fraction, message)``.
+    :param cancel: polled; raises :class:`FusionCancelled`.
+    :returns: a :class:`FusionResult` (``image`` a :class:`LoadedImage` for volumes).
+    """
+    if images[0].dimension == 3:
+        result = fuse_volume(images, method, axis=axis, batch_size=batch_size, block_size=block_size, device=device,
+                             modalities=modalities, contributions=contributions, progress=progress, cancel=cancel)
+    else:
+        result = fuse([image.array if not image.is_color else image for image in images], method,
+                      block_size=block_size, stride=stride, device=device, modalities=modalities,
+                      contributions=contributions)
+        if progress is not None:
+            progress(1.0, "fused")
+    if cancel is not None and cancel.is_set():
+        raise FusionCancelled("fusion cancelled")
+    return result
+
+
+def contribution_image(result: FusionResult, reference: LoadedImage) -> sitk.Image:
+    """A result's contribution map as one ``SimpleITK`` vector image on ``reference``'s grid:
+    component k is input k's share (float32 in [0, 1]).
+
+    :param result: a result computed with ``contributions=True``.
+    :param reference: the image whose geometry the map takes (input 1).
+    """
+    if result.contributions is None:
+        raise InputError("contributions: this result was computed without contributions=True")
+    maps = result.contributions
+    if not isinstance(maps, np.ndarray):  # volumes: one image per input
+        maps = np.stack([m.array if isinstance(m, LoadedImage) else sitk.GetArrayFromImage(m) for m in maps])
+    image = sitk.GetImageFromArray(np.moveaxis(maps.astype(np.float32), 0, -1), isVector=True)
+    geometry = reference.to_sitk()
+    image.SetSpacing(geometry.GetSpacing())
+    image.SetOrigin(geometry.GetOrigin())
+    image.SetDirection(geometry.GetDirection())
+    return image
 
 
 def fuse_files(
@@ -406,21 +566,22 @@ def fuse_files(
     block_size: int | None = None,
     device: str | torch.device | None = None,
     overwrite: bool = False,
+    contributions: PathLike | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
     model: Method = _UNSET,
-) -> WrittenFusion:
+) -> FusionResult:
     """Read K >= 2 registered images or volumes, fuse them, write the result atomically.
 
-    What ``medfusion fuse`` does, for scripts. The output is checked before any work
+    What ``medfusion fuse`` does, for scripts. The outputs are checked before any work
     (never an input, never an existing file unless ``overwrite``, folder writable), the
-    inputs are only read, and the output appears whole or not at all: a failure or a
+    inputs are only read, and the outputs appear whole or not at all: a failure or a
     cancel leaves the disk as it was.
 
-    2D inputs go through :func:`fuse` (a colour input is fused on luminance and the
-    result written in colour); 3D inputs through :func:`fuse_volume`, the output on
-    the first input's grid. PNG/JPEG/BMP/TIFF outputs hold ``uint8 = round(255 * fused)``,
-    NIfTI/NRRD/MHA ``float32`` in [0, 1].
+    The group goes through :func:`prepare_inputs` and :func:`fuse_prepared` (:func:`fuse` for 2D --
+    a colour input is fused on luminance and the result written in colour -- or
+    :func:`fuse_volume` for 3D, the output on the first input's grid). PNG/JPEG/BMP/TIFF
+    outputs hold ``uint8 = round(255 * fused)``, NIfTI/NRRD/MHA ``float32`` in [0, 1].
 
     :param inputs: image files (PNG, TIFF, JPEG, ...), volume files (NIfTI, NRRD, MHA) or DICOM series folders.
     :param output: the file to write; its extension picks the format.
@@ -431,15 +592,15 @@ def fuse_files(
     :param denoise: None (off) or a :func:`~MedFusionLib.preprocessing.denoise` method, applied to grey inputs.
     :param block_size: as in :func:`fuse`.
     :param device: as in :func:`fuse`.
-    :param overwrite: replace an existing output file.
+    :param overwrite: replace existing output files.
+    :param contributions: also write the contribution map here (NIfTI, NRRD, MHA or TIFF): one float32
+        component per input, its share of each fused pixel (see :mod:`MedFusionLib.contributions`).
     :param progress: ``progress(fraction, message)`` (volumes: after every slice batch).
     :param cancel: ``cancel.is_set()`` is polled; raises :class:`FusionCancelled`, nothing written.
-    :returns: a :class:`WrittenFusion`.
     :param model: the old name of ``method`` (deprecated; one release).
+    :returns: a :class:`FusionResult` with ``path`` (and ``contributions_path``) set.
     :raises InputError: unreadable input, mismatched inputs, bad option, refused output.
     """
-    from .preprocessing import RegistrationCancelled, align_to_first
-
     chosen = _chosen_method(method, model, "fuse_files")
     register, denoise = _off(register, "register", "fuse_files"), _off(denoise, "denoise", "fuse_files")
 
@@ -452,37 +613,36 @@ def fuse_files(
         raise InputError(f"modalities: {len(modalities)} given for {len(inputs)} inputs")
     protected = [Path(p) for p in inputs]
     check_output_path(output, overwrite, protected)  # refuse a bad destination before the work
+    if contributions is not None:
+        if not str(contributions).lower().endswith(CONTRIBUTION_OUTPUTS):
+            raise InputError(f"contributions: {contributions}: write the map to one of {', '.join(CONTRIBUTION_OUTPUTS)}")
+        check_output_path(contributions, overwrite, protected)
+        if Path(contributions).resolve() == Path(output).resolve():
+            raise InputError("contributions: give it a file of its own, not the fused output")
+        remove_stale_temporaries(contributions)
     remove_stale_temporaries(output)  # what a killed earlier run of this command left
     method = load_method(chosen)
-    images = [read_image(path) for path in inputs]
-    if len({image.dimension for image in images}) > 1:
-        shapes = ", ".join(f"{Path(p).name}: {image.dimension}D" for p, image in zip(inputs, images))
-        raise InputError(f"inputs: mixed 2D images and 3D volumes ({shapes})")
-    try:
-        images = align_to_first(images, denoise_method=denoise, register_transform=register, cancel=cancel)
-    except RegistrationCancelled:
-        raise FusionCancelled("fusion cancelled (pre-processing)") from None
-    if cancel is not None and cancel.is_set():
-        raise FusionCancelled("fusion cancelled")
-    if images[0].dimension == 3:
-        start = time.perf_counter()
-        volume = fuse_volume(images, method, axis=axis, block_size=block_size, device=device,
-                             modalities=modalities, progress=progress, cancel=cancel)
-        seconds, name = time.perf_counter() - start, method_name(method)
-        to_write, reference, is_colour = volume, None, False
-    else:
-        result = fuse([image.array if not image.is_color else image for image in images], method,
-                      block_size=block_size, device=device, modalities=modalities)
-        seconds, name = result.seconds, result.method
-        is_colour = result.colour is not None
-        to_write = result.colour if is_colour else result.image
-        reference = None if is_colour else images[0]
-        if Path(output).suffix.lower() in EIGHT_BIT_OUTPUTS:
-            to_write = unit_to_uint8(to_write)
-        if progress is not None:
-            progress(1.0, "fused")
+    images = prepare_inputs([read_image(path) for path in inputs], register=register, denoise=denoise, cancel=cancel)
+    result = fuse_prepared(images, method, axis=axis, block_size=block_size, device=device, modalities=modalities,
+                           contributions=contributions is not None, progress=progress, cancel=cancel)
+    is_colour = result.colour is not None
+    to_write = result.colour if is_colour else result.image
+    if result.dimension == 2 and Path(output).suffix.lower() in EIGHT_BIT_OUTPUTS:
+        to_write = unit_to_uint8(to_write)
+    reference = None if (is_colour or result.dimension == 3) else images[0]
     if cancel is not None and cancel.is_set():
         raise FusionCancelled("fusion cancelled before writing; nothing was written")
-    path = write_image(to_write, output, reference=reference, overwrite=overwrite, protected_paths=protected,
-                       is_color=is_colour)
-    return WrittenFusion(Path(path), name, seconds, images[0].dimension)
+    with contextlib.ExitStack() as outputs:
+        # The map is written to a private temporary folder and renamed into place only once
+        # the fused output is written, so a failure of either leaves neither.
+        if contributions is not None:
+            map_temporary = outputs.enter_context(atomic_output(contributions, overwrite, protected))
+            try:
+                sitk.WriteImage(contribution_image(result, images[0]), str(map_temporary), True)
+            except RuntimeError as exc:
+                raise InputError(f"contributions: cannot write {contributions}: {str(exc).strip()[-200:]}") from None
+            result.contributions_path = Path(contributions)
+        write_image(to_write, output, reference=reference, overwrite=overwrite, protected_paths=protected,
+                    is_color=is_colour)
+    result.path = Path(output)
+    return result

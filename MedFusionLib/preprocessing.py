@@ -41,7 +41,8 @@ import SimpleITK as sitk
 
 from .errors import Cancelled, InputError
 from .progress import CancelFlag
-from .io import LoadedImage, _itk_message
+from .io import LoadedImage
+from .io.images import _itk_message
 from .validation import BT601_LUMA, check_int, luminance
 
 __all__ = [

@@ -40,15 +40,44 @@ def _sitk_pair(depth: int = 6):
 
 def test_simpleitk_volumes_in_a_simpleitk_volume_out_with_the_first_ones_geometry():
     images, arrays = _sitk_pair()
-    fused = fuse_volume(images, method := "average")
-    assert isinstance(fused, sitk.Image) and method == "average"
+    result = fuse_volume(images, method := "average")
+    fused = result.image
+    assert isinstance(fused, sitk.Image) and result.method == method and result.dimension == 3
     for get in ("GetSpacing", "GetOrigin", "GetDirection", "GetSize"):
         assert getattr(fused, get)() == getattr(images[0], get)(), get
     expected = fuse_volume([LoadedImage.from_array(a) for a in arrays], "average").array
     np.testing.assert_array_equal(sitk.GetArrayFromImage(fused), expected)
     # the default model too, and a LoadedImage first gives a LoadedImage back
-    assert isinstance(fuse_volume(images), sitk.Image)
-    assert isinstance(fuse_volume([LoadedImage.from_sitk(images[0]), images[1]], "average"), LoadedImage)
+    assert isinstance(fuse_volume(images).image, sitk.Image)
+    assert isinstance(fuse_volume([LoadedImage.from_sitk(images[0]), images[1]], "average").image, LoadedImage)
+
+
+def test_2d_and_3d_results_are_one_type_with_image_method_time_and_contributions(tmp_path):
+    from MedFusionLib import fuse_files
+    from MedFusionLib.fusion import FusionResult
+
+    images, arrays = _sitk_pair(3)
+    results = [fuse([a[0] for a in arrays]), fuse_volume(images), fuse_volume(images, contributions=True)]
+    written = fuse_files([_write(tmp_path, "a.nii.gz", images[0]), _write(tmp_path, "b.nii.gz", images[1])],
+                         tmp_path / "out.nii.gz")
+    for result in [*results, written]:
+        assert type(result) is FusionResult and result.method == "cnn model" and result.seconds > 0
+        assert result.array.dtype == np.float32 and 0 <= result.array.min() <= result.array.max() <= 1
+    assert [r.dimension for r in (*results, written)] == [2, 3, 3, 3]
+    assert results[0].contributions is None and results[1].contributions is None
+    shares = results[2].contributions  # one volume per input, of the inputs' kind and on their grid
+    assert len(shares) == 2 and all(isinstance(s, sitk.Image) for s in shares)
+    assert shares[0].GetOrigin() == images[0].GetOrigin() and shares[0].GetSpacing() == images[0].GetSpacing()
+    total = sitk.GetArrayFromImage(shares[0]) + sitk.GetArrayFromImage(shares[1])
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+    np.testing.assert_array_equal(results[2].array, results[1].array)  # asking for the map changes nothing else
+    assert written.path == tmp_path / "out.nii.gz" and written.path.is_file()
+
+
+def _write(folder, name, image):
+    path = folder / name
+    sitk.WriteImage(image, str(path))
+    return path
 
 
 def test_simpleitk_volumes_on_different_grids_are_refused():
@@ -157,7 +186,7 @@ def test_one_name_for_the_method_and_one_spelling_of_off(tmp_path):
 #: The layers of MedFusionLib, bottom up: a module may import its own layer's modules and those below.
 LAYERS = {
     "__init__": 0, "errors": 0, "validation": 0, "progress": 0, "io": 0,   # foundation
-    "preprocessing": 1, "baselines": 1, "engine": 1,                       # building blocks
+    "preprocessing": 1, "baselines": 1, "engine": 1, "contributions": 1,  # building blocks
     "fusion": 2,                                                           # the fusion API
     "metrics": 3, "data": 3,                                               # scoring, phantoms and targets
     "batch": 4, "recipes": 4,                                              # many cases, training recipes
@@ -247,3 +276,21 @@ def test_no_import_cycles_between_modules():
         return False
 
     assert [m for m in modules if reaches(m)] == []
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's Python block, run as written on two registered phantom volumes."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"From Python.*?```python\n(.*?)```", readme, re.S).group(1)
+    images, arrays = _sitk_pair(3)
+    monkeypatch.chdir(tmp_path)
+    sitk.WriteImage(images[0], "ct.nii.gz")
+    sitk.WriteImage(images[1], "mri.nii.gz")
+    namespace = {"ct_array": arrays[0][1], "mri_array": arrays[1][1]}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 -- our own documentation
+    share = sitk.ReadImage("ct_share.nii.gz")
+    assert share.GetOrigin() == images[0].GetOrigin() and (tmp_path / "fused.nii.gz").is_file()
+    assert {"QABF", "MI"} <= set(namespace["scores"]) and "QABF" in namespace["volume_scores"].metrics

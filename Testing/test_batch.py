@@ -271,7 +271,7 @@ def test_3d_batch_keeps_first_input_geometry(tmp_path: Path) -> None:
         np.testing.assert_allclose(fused.direction, DIRECTION_3D, atol=1e-5)
         np.testing.assert_allclose(fused.origin, ORIGIN_3D, atol=1e-4)
         np.testing.assert_allclose(fused.spacing, SPACING_3D, atol=1e-5)
-        expected = fuse_volume([read_image(p) for p in group.inputs], method=METHOD)
+        expected = fuse_volume([read_image(p) for p in group.inputs], method=METHOD).image
         np.testing.assert_allclose(fused.array, expected.array, atol=1e-6)
         assert row.seconds is not None and row.seconds > 0
         # volumes are scored slice by slice, as the Slicer module and `medfusion evaluate` do

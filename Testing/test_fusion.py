@@ -130,7 +130,7 @@ def volumes() -> list[LoadedImage]:
 
 def test_fuse_volume_keeps_geometry_and_matches_slicewise_fusion(volumes):
     before = [digest(v.array) for v in volumes]
-    fused = fuse_volume(volumes, method="average", axis=0)
+    fused = fuse_volume(volumes, method="average", axis=0).image
     assert fused.array.shape == volumes[0].array.shape and fused.array.dtype == np.float32
     assert (fused.spacing, fused.origin, fused.direction) == (volumes[0].spacing, volumes[0].origin, volumes[0].direction)
     expected = (to_unit_range(volumes[0].array) + to_unit_range(volumes[1].array)) / 2

@@ -866,7 +866,7 @@ def test_atomic_output_refuses_a_file_created_meanwhile(tmp_path):
 
 def test_atomic_output_never_clobbers_a_file_that_appears_after_the_checks(tmp_path, monkeypatch):
     """The final move itself refuses (hard link, not rename) when overwrite is False."""
-    import MedFusionLib.io as medio
+    import MedFusionLib.io.atomic as medio
 
     target = tmp_path / "race2.csv"
     with pytest.raises(InputError, match="already exists"):

@@ -390,3 +390,68 @@ def test_batch_example_fuses_a_folder_through_the_logic(tmp_path, capsys):
     np.testing.assert_allclose(sitk.GetArrayFromImage(fused), expected, atol=1e-6)
     metrics = (tmp_path / "out" / "case2_metrics.csv").read_text().splitlines()
     assert metrics[0] == "metric,value" and any(line.startswith("QABF,") for line in metrics)
+
+
+# -------------------------------------------------------------------------- contribution maps
+
+
+def _display_colours(node):
+    display = node.GetDisplayNode()
+    colours = display.GetColorNode()
+    return display, colours
+
+
+def test_two_input_contribution_map_is_input_1s_share_with_a_colour_table(scene, inputs, core):
+    result = core.fuse(inputs, computeMetrics=False, computeContributions=True)
+    node = result.contributionVolumeNode
+    assert node is not None and node is not result.outputVolumeNode and node.GetName().endswith("contributions")
+    share = slicer.util.arrayFromVolume(node)
+    library = fuse_volume([_phantom(1, np.int16), _phantom(2)], contributions=True).contributions[0].array
+    np.testing.assert_allclose(share, library, atol=1e-6)  # the glue changes no number
+    assert np.array_equal(_matrix(node), _matrix(inputs[0]))
+    display, colours = _display_colours(node)
+    assert colours.GetNumberOfColors() == 256 and not display.GetAutoWindowLevel()
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
+    assert colours.GetColorName(255).startswith("CT 100%")  # named after input 1
+    # off by default: nothing extra in the scene
+    assert core.fuse(inputs, computeMetrics=False).contributionVolumeNode is None
+
+
+def test_three_input_map_names_the_input_that_contributed_most(scene, inputs, core):
+    third = _add_volume(scene, _phantom(3), name="PET")
+    result = core.fuse([*inputs, third], method="laplacian", computeMetrics=False, computeContributions=True)
+    winners = slicer.util.arrayFromVolume(result.contributionVolumeNode)
+    assert winners.dtype == np.uint8 and set(np.unique(winners)) <= {1, 2, 3}
+    _, colours = _display_colours(result.contributionVolumeNode)
+    assert [colours.GetColorName(i) for i in range(4)] == ["none", "CT", "MRI", "PET"]
+
+
+def test_contribution_map_refusals_leave_the_scene_unchanged(scene, inputs, core, tmp_path):
+    from MedFusionLib.engine.model import FusionModel
+
+    before = _scene_state(scene)
+    dbm = tmp_path / "dbm.pt"
+    FusionModel.create("dbm", block_size=8, layer_sizes=(16,), seed=0).save(dbm)
+    with pytest.raises(InputError, match="predicts fused values"):
+        core.fuse(inputs, method=str(dbm), computeContributions=True)
+    with pytest.raises(InputError, match="contribution volume: '.*' is input 1"):
+        core.fuse(inputs, computeContributions=True, contributionVolumeNode=inputs[0])
+    with pytest.raises(InputError, match="computeContributions is off"):
+        core.fuse(inputs, contributionVolumeNode=scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "m"))
+    scene.RemoveNode(scene.GetFirstNodeByName("m"))
+    assert _scene_state(scene) == before
+
+
+def test_contribution_map_reuses_a_chosen_node_and_comes_back_from_the_worker(scene, inputs, core):
+    chosen = _add_volume(scene, np.zeros(SHAPE, np.float32), name="map")
+    run = BackgroundFusion(core, core.prepare(inputs, method="laplacian", computeMetrics=False,
+                                              computeContributions=True, contributionVolumeNode=chosen)).start()
+    while run.isRunning():
+        import time
+
+        time.sleep(0.05)
+    result = run.finish()
+    assert result.contributionVolumeNode is chosen
+    direct = core.fuse(inputs, method="laplacian", computeMetrics=False, computeContributions=True)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(chosen),
+                                  slicer.util.arrayFromVolume(direct.contributionVolumeNode))

@@ -39,7 +39,7 @@ def _parameters(**changes) -> SimpleNamespace:
     p = SimpleNamespace(
         input1=_pack(), input2=_pack(), input3=_pack(), input4=_pack(), targetVolume=None, method="default",
         modelFile=None, blockSize="whole slice", sliceAxis="K", device="auto", registration="none",
-        resampleToFirst=False, denoise="none", computeMetrics=True, outputVolume=None, metricsTable=None,
+        resampleToFirst=False, denoise="none", computeMetrics=True, computeContributions=False, outputVolume=None, metricsTable=None,
         sliceTable=None, plotChart=None, trainingSource="scene volumes", trainingTargetVolume=None,
         trainingFolder=None, trainingFamily="cnn", trainingBlockSize="auto",
         trainingIterations=choices.DEFAULT_TRAINING_ITERATIONS, trainingOutputModel=None,
@@ -55,10 +55,10 @@ def _parameters(**changes) -> SimpleNamespace:
 def test_fusion_arguments_are_what_prepare_takes_and_it_accepts_them(example_volumes, core):
     ct, mri = example_volumes
     p = _parameters(input1=_pack(ct, "CT"), input3=_pack(mri), blockSize="32", sliceAxis="J", registration="rigid",
-                    denoise="none", computeMetrics=False)
+                    denoise="none", computeMetrics=False, computeContributions=False)
     arguments = fusion_arguments(p)
     accepted = set(inspect.signature(core.prepare).parameters)
-    assert set(arguments) == accepted - {"metrics", "plotMetrics"}, accepted ^ set(arguments)
+    assert set(arguments) == accepted - {"metrics", "plotMetrics", "contributionVolumeNode"}, accepted ^ set(arguments)
     assert arguments["inputVolumeNodes"] == [ct, mri]  # gaps skipped, order kept
     assert arguments["modalities"] == ["CT", None]  # "auto" is None: from the data
     assert (arguments["axis"], arguments["blockSize"], arguments["register"], arguments["denoise"]) == (1, 32, "rigid", None)

@@ -31,3 +31,25 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def interleaved_ratio(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+    """Median times of ``baseline`` and ``candidate`` timed in alternation, and the median of their
+    per-pair ratios: a machine whose speed drifts over a minute (a shared 2-core VM) biases a ratio of
+    two separately timed medians, not a ratio taken pair by pair.
+
+    :returns: ``(baseline seconds, candidate seconds, median ratio candidate / baseline)``.
+    """
+    import statistics
+    import time
+
+    baseline(), candidate()  # warm-up
+    pairs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        baseline()
+        middle = time.perf_counter()
+        candidate()
+        pairs.append((middle - start, time.perf_counter() - middle))
+    return (statistics.median(b for b, _ in pairs), statistics.median(c for _, c in pairs),
+            statistics.median(c / b for b, c in pairs))

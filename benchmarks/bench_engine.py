@@ -1,8 +1,11 @@
 """Benchmark: speed and memory of the default model against the Laplacian-pyramid baseline, same run.
 
 Prints
+- the CPU, torch's thread count and the instruction set torch's CPU kernels use, so figures from
+  different machines can be told apart;
 - 2D: the default model's ``fuse()`` of one 256x256 pair against ``fuse(..., method="laplacian")``
-  (4 levels) of the same pair (bar: at most 3x);
+  (4 levels) of the same pair (bar: at most 3x), and the extra time of ``contributions=True``
+  (bar: at most 15 %), each as the median of per-pair ratios timed in alternation;
 - 3D: a 256x256 volume pair of 64, 128 and 256 slices through ``fuse_volume`` — time per
   slice against the 2D pair time (bar: within 1.5x), linearity in the slice count, and the
   peak resident memory of each run, measured in a fresh child process (bar: <= 2 GB).
@@ -20,7 +23,7 @@ import tempfile
 
 import numpy as np
 import torch
-from _timing import median_time
+from _timing import cpu_name, interleaved_ratio
 
 from MedFusionLib.data.examples import example_path
 from MedFusionLib.data.phantoms import make_pair
@@ -70,14 +73,20 @@ def main() -> None:
 
     ct, mri = read_image(example_path("ct")).array, read_image(example_path("mri")).array
     model = load_method("default")
-    t_lap = median_time(lambda: fuse([ct, mri], method="laplacian"), args.repeats)
-    t_model = median_time(lambda: fuse([ct, mri], method=model, device=args.device), args.repeats)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+    laplacian = lambda: fuse([ct, mri], method="laplacian")  # noqa: E731
+    default = lambda: fuse([ct, mri], method=model, device=args.device)  # noqa: E731
+    with_map = lambda: fuse([ct, mri], method=model, device=args.device, contributions=True)  # noqa: E731
+    t_lap, t_model, ratio = interleaved_ratio(laplacian, default, args.repeats)
+    _, t_map, map_ratio = interleaved_ratio(default, with_map, args.repeats)
+    print(f"CPU {cpu_name()}; torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, device {args.device}; "
           f"model: {model.family}, {sum(p.numel() for p in model.network.parameters())} parameters")
-    print(f"2D 256x256 pair, median of {args.repeats}:")
+    print(f"2D 256x256 pair, medians of {args.repeats} interleaved pairs:")
     print(f"  Laplacian pyramid (4 levels)  {t_lap * 1e3:8.2f} ms   1.00x (baseline)")
-    print(f"  default model                 {t_model * 1e3:8.2f} ms   {t_model / t_lap:4.2f}x   (bar <= 3x) "
-          f"{'PASS' if t_model / t_lap <= 3 else 'FAIL'}")
+    print(f"  default model                 {t_model * 1e3:8.2f} ms   {ratio:4.2f}x   (bar <= 3x) "
+          f"{'PASS' if ratio <= 3 else 'FAIL'}")
+    print(f"  default model + contributions {t_map * 1e3:8.2f} ms   +{(map_ratio - 1) * 100:.1f} % over the model "
+          f"(bar <= 15 %) {'PASS' if map_ratio <= 1.15 else 'FAIL'}")
     if args.skip_3d:
         return
     print("3D 256x256 volume pair (phantom, made once and loaded by each run), fuse_volume, fresh process per run;")

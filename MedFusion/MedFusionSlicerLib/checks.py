@@ -98,22 +98,25 @@ def check_target(target: Any, inputs: Sequence[Any], scene: Any) -> None:
         raise InputError("target volume: it is one of the inputs; choose the ideal (reference) fused volume")
 
 
-def check_output(output: Any, inputs: Sequence[Any], target: Any, scene: Any) -> None:
-    """An output volume: a scalar volume of the scene, never an input or the target."""
+def check_output(output: Any, inputs: Sequence[Any], target: Any, scene: Any, label: str = "output volume") -> None:
+    """An output volume: a scalar volume of the scene, never an input or the target.
+
+    :param label: how messages name it ("output volume", "contribution volume").
+    """
     if not hasattr(output, "IsA") or not output.IsA("vtkMRMLScalarVolumeNode") or output.IsA(
         "vtkMRMLLabelMapVolumeNode"
     ) or output.GetClassName() != "vtkMRMLScalarVolumeNode":
-        raise InputError(f"output volume: expected a scalar volume node, got {_class_name(output)}")
+        raise InputError(f"{label}: expected a scalar volume node, got {_class_name(output)}")
     for i, node in enumerate(inputs):
         if output is node or output.GetID() == node.GetID():
             raise InputError(
-                f"output volume: '{output.GetName()}' is input {i + 1}; an input is never overwritten -- "
-                "choose another output volume or 'Create new volume'"
+                f"{label}: '{output.GetName()}' is input {i + 1}; an input is never overwritten -- "
+                f"choose another {label} or 'Create new volume'"
             )
     if target is not None and (output is target or output.GetID() == target.GetID()):
-        raise InputError("output volume: it is the target volume; choose another output volume")
+        raise InputError(f"{label}: it is the target volume; choose another {label}")
     if output.GetScene() is not scene:
-        raise InputError(f"output volume: '{output.GetName()}' is not in the inputs' scene")
+        raise InputError(f"{label}: '{output.GetName()}' is not in the inputs' scene")
 
 
 def check_axis(axis: Any) -> int:

@@ -106,13 +106,15 @@ def compute_fusion(
     check_fusion_cancel(cancel, "before fusing")
 
     start = time.perf_counter()
-    fused = fuse_volume(
+    result = fuse_volume(
         arrays, method=task.method, axis=task.axis, block_size=task.blockSize, device=task.device,
         modalities=task.modalities, progress=Stage(progress, prepared_share, prepared_share + fuse_share),
-        cancel=cancel,
-    ).array
+        cancel=cancel, contributions=task.computeContributions,
+    )
+    fused = result.array
+    shares = None if result.contributions is None else np.stack([share.array for share in result.contributions])
     computation = FusionComputation(fused=fused, seconds=time.perf_counter() - start,
-                                    methodName=method_name(task.method))
+                                    methodName=method_name(task.method), contributions=shares)
     if task.computeMetrics:
         try:
             scores = evaluate_volume(

@@ -68,6 +68,8 @@ class FusionLogic:
         computeMetrics: bool = True,
         metrics: Optional[Sequence[str]] = None,
         plotMetrics: Sequence[str] = DEFAULT_PLOT_METRICS,
+        computeContributions: bool = False,
+        contributionVolumeNode: Any = None,
     ) -> MedFusionResult:
         """Fuse the input volumes and write everything to the scene; returns when done.
 
@@ -103,12 +105,18 @@ class FusionLogic:
         :param computeMetrics: compute and write the metric tables and plot.
         :param metrics: metric keys to compute (default: all that apply).
         :param plotMetrics: metric keys to plot against the slice index.
+        :param computeContributions: also write where each fused voxel came from, as a volume with a
+            colour table to overlay on the fused one (see :func:`.scene_writers.write_contributions`;
+            not for the DBM model, which predicts values rather than weights of its inputs).
+        :param contributionVolumeNode: a scalar volume node for the contribution map (never an input,
+            the target or the output), or None to create one.
         :returns: a :class:`~.jobs.MedFusionResult`.
         """
         job = self.prepare(
             inputVolumeNodes, outputVolumeNode, targetVolumeNode, method, axis, blockSize, device, resampleToFirst,
             metricsTableNode, sliceTableNode, plotChartNode, modalities=modalities, register=register,
             denoise=denoise, computeMetrics=computeMetrics, metrics=metrics, plotMetrics=plotMetrics,
+            computeContributions=computeContributions, contributionVolumeNode=contributionVolumeNode,
         )
         computation = self.compute(job, progress=progress, cancel=cancel)
         check_fusion_cancel(cancel, "before writing the results")
@@ -139,6 +147,8 @@ class FusionLogic:
         computeMetrics: bool = True,
         metrics: Optional[Sequence[str]] = None,
         plotMetrics: Sequence[str] = DEFAULT_PLOT_METRICS,
+        computeContributions: bool = False,
+        contributionVolumeNode: Any = None,
     ) -> FusionJob:
         """Check every argument and copy voxels and geometry out of the nodes (call on the scene's thread).
 
@@ -155,6 +165,12 @@ class FusionLogic:
             checks.check_target(targetVolumeNode, nodes, scene)
         if outputVolumeNode is not None:
             checks.check_output(outputVolumeNode, nodes, targetVolumeNode, scene)
+        if contributionVolumeNode is not None:
+            if not computeContributions:
+                raise InputError("contribution volume: chosen, but computeContributions is off; turn it on")
+            checks.check_output(contributionVolumeNode, nodes, targetVolumeNode, scene, "contribution volume")
+            if contributionVolumeNode is outputVolumeNode:
+                raise InputError("contribution volume: it is the output volume; choose another node or none")
         for node, cls, label in (
             (metricsTableNode, "vtkMRMLTableNode", "metrics table"),
             (sliceTableNode, "vtkMRMLTableNode", "per-slice metrics table"),
@@ -181,6 +197,11 @@ class FusionLogic:
             raise InputError(f"plot metrics: unknown {unknown_plot}; choose from {list(METRICS)}")
 
         resolved = checks.load_method(method)
+        if not isinstance(computeContributions, bool):
+            raise InputError(f"computeContributions: expected True or False, got {computeContributions!r}")
+        if computeContributions and getattr(resolved, "family", "cnn") != "cnn":
+            raise InputError("contributions: the DBM model predicts fused values, not weights of its inputs, so it "
+                             "has no contribution map; use the default model or a baseline")
         device = checks.resolve_device(device)
         parent_transform_id = checks.common_parent_transform_id(
             [*nodes, *([targetVolumeNode] if targetVolumeNode else [])])
@@ -213,6 +234,7 @@ class FusionLogic:
             denoise=denoise,
             computeMetrics=bool(computeMetrics),
             metrics=metric_keys,
+            computeContributions=computeContributions,
         )
         return FusionJob(
             scene=scene,
@@ -227,6 +249,8 @@ class FusionLogic:
             sliceTableNode=sliceTableNode,
             plotChartNode=plotChartNode,
             task=task,
+            contributionVolumeNode=contributionVolumeNode,
+            inputNames=[node.GetName() for node in nodes],
         )
 
     # ---------------------------------------------------------------- phase 2: compute (no MRML)
@@ -263,6 +287,9 @@ class FusionLogic:
         undo: scene_writers.Undo = []
         try:
             output = scene_writers.write_volume(job, computation.fused, undo)
+            contribution_node = None
+            if computation.contributions is not None:
+                contribution_node = scene_writers.write_contributions(job, computation.contributions, undo)
             metrics_table = slice_table = chart = None
             series: list[Any] = []
             if job.task.computeMetrics:
@@ -293,6 +320,7 @@ class FusionLogic:
             sliceMetrics=dict(computation.sliceMetrics),
             seconds=computation.seconds,
             methodName=computation.methodName,
+            contributionVolumeNode=contribution_node,
         )
 
     @staticmethod
@@ -305,6 +333,7 @@ class FusionLogic:
         scene = job.scene
         for label, node in (
             ("output volume", job.outputVolumeNode),
+            ("contribution volume", job.contributionVolumeNode),
             ("metrics table", job.metricsTableNode),
             ("per-slice metrics table", job.sliceTableNode),
             ("plot chart", job.plotChartNode),

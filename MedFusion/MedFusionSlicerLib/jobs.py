@@ -46,6 +46,7 @@ class FusionTask:
     :param denoise: a denoising method applied to every input first, or None.
     :param computeMetrics: score the result slice by slice.
     :param metrics: the metric keys to compute.
+    :param computeContributions: also compute each input's share of every fused voxel.
     """
 
     inputs: list[np.ndarray]
@@ -62,6 +63,7 @@ class FusionTask:
     denoise: Optional[str] = None
     computeMetrics: bool = True
     metrics: list[str] = field(default_factory=list)
+    computeContributions: bool = False
 
 
 @dataclass
@@ -84,6 +86,8 @@ class FusionJob:
     sliceTableNode: Any
     plotChartNode: Any
     task: FusionTask
+    contributionVolumeNode: Any = None
+    inputNames: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class FusionComputation:
     :param sliceMetrics: per-slice values of each metric (NaN on skipped slices).
     :param sliceIndices: index of each slice along the fusion axis.
     :param metricsSeconds: wall time of the metrics.
+    :param contributions: each input's share of every fused voxel, ``(K, k, j, i)`` float32, or None.
     """
 
     fused: np.ndarray
@@ -106,6 +111,7 @@ class FusionComputation:
     sliceMetrics: dict[str, np.ndarray] = field(default_factory=dict)
     sliceIndices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     metricsSeconds: float = 0.0
+    contributions: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -121,6 +127,9 @@ class MedFusionResult:
     :param sliceMetrics: per-slice values of each metric.
     :param seconds: wall time of the fusion itself.
     :param methodName: what fused it.
+    :param contributionVolumeNode: the contribution map (None unless asked for): for two inputs the
+        share of input 1 in [0, 1], for more the number of the input that contributed most, each with
+        a colour table (see :func:`.scene_writers.write_contributions`).
     """
 
     outputVolumeNode: Any
@@ -132,6 +141,7 @@ class MedFusionResult:
     sliceMetrics: dict[str, np.ndarray]
     seconds: float
     methodName: str
+    contributionVolumeNode: Any = None
 
 
 @dataclass

@@ -39,6 +39,7 @@ def fusion_arguments(p: Any) -> dict:
         register=None if p.registration == "none" else p.registration,
         denoise=None if p.denoise == "none" else p.denoise,
         computeMetrics=p.computeMetrics,
+        computeContributions=p.computeContributions,
     )
 
 

@@ -29,16 +29,21 @@ _PLOT_COLOURS = [(0.0, 0.45, 0.70), (0.90, 0.62, 0.0), (0.0, 0.62, 0.45), (0.80,
 
 def write_volume(job: FusionJob, fused: np.ndarray, undo: Undo) -> Any:
     """The fused voxels into the output node (created when the job has none), on input 1's exact grid."""
+    return _write_scalar_volume(job, fused, vtk.VTK_FLOAT, job.outputVolumeNode, job.outputName, undo)
+
+
+def _write_scalar_volume(job: FusionJob, voxels: np.ndarray, vtk_type: int, node: Any, name: str, undo: Undo) -> Any:
+    """``voxels`` (k, j, i) into ``node`` (or a new scalar volume called ``name``) on input 1's exact grid."""
     image = vtk.vtkImageData()
-    image.SetDimensions(*reversed(fused.shape))  # VTK wants (i, j, k); the array is (k, j, i)
-    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    image.SetDimensions(*reversed(voxels.shape))  # VTK wants (i, j, k); the array is (k, j, i)
+    image.AllocateScalars(vtk_type, 1)
     # One copy, straight into VTK's buffer (like slicer.util.updateVolumeFromArray), from a possibly
-    # non-contiguous (moved-axis) view or a memory-mapped file of the fused array.
-    target = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(fused.shape)
-    target[...] = fused
-    output = job.outputVolumeNode
+    # non-contiguous (moved-axis) view or a memory-mapped file of the array.
+    target = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(voxels.shape)
+    target[...] = voxels
+    output = node
     if output is None:
-        output = job.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", job.scene.GenerateUniqueName(job.outputName))
+        output = job.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", job.scene.GenerateUniqueName(name))
     else:
         # Swap a new image in rather than reallocating the old one in place, so the old one can
         # be put back untouched if a later step fails.
@@ -56,6 +61,57 @@ def write_volume(job: FusionJob, fused: np.ndarray, undo: Undo) -> Any:
     if output.GetDisplayNode() is None:
         output.CreateDefaultDisplayNodes()
     return output
+
+
+#: Input colours of the contribution maps: input 1 orange, input 2 blue, then the plot colours.
+_INPUT_COLOURS = [(0.90, 0.62, 0.0), (0.0, 0.45, 0.70), *_PLOT_COLOURS[2:]]
+
+
+def write_contributions(job: FusionJob, contributions: np.ndarray, undo: Undo) -> Any:
+    """The contribution map as a volume to overlay on the fused one, with its own colour table.
+
+    - Two inputs: input 1's share of every fused voxel, ``float32`` in [0, 1] (input 2's is one
+      minus it), coloured from input 2's blue (0: all from input 2) through white (0.5: equal
+      shares) to input 1's orange (1: all from input 1).
+    - Three or more: the number of the input with the largest share (1..K), each input in its own
+      colour, named after its volume in the colour table (Slicer's Data Probe shows the name).
+
+    :param job: the fusion job (the node to write, if chosen, and the inputs' names).
+    :param contributions: ``(K, k, j, i)`` shares from the computation.
+    :param undo: as for the other writers.
+    """
+    count = contributions.shape[0]
+    name = f"{job.outputName} contributions"
+    colours = job.scene.AddNewNodeByClass("vtkMRMLColorTableNode", job.scene.GenerateUniqueName(f"{name} colours"))
+    colours.SetTypeToUser()
+    if count == 2:
+        voxels = contributions[0]
+        colours.SetNumberOfColors(256)
+        (r1, g1, b1), (r2, g2, b2) = _INPUT_COLOURS[0], _INPUT_COLOURS[1]
+        for index in range(256):
+            t = index / 255.0  # input 1's share
+            far, near = ((r2, g2, b2), 1.0 - 2.0 * t) if t < 0.5 else ((r1, g1, b1), 2.0 * t - 1.0)
+            rgb = [1.0 + (c - 1.0) * near for c in far]  # white at equal shares
+            colours.SetColor(index, f"{job.inputNames[0]} {round(100 * t)}%", *rgb, 1.0)
+        node = _write_scalar_volume(job, voxels, vtk.VTK_FLOAT, job.contributionVolumeNode, name, undo)
+        window = (0.0, 1.0)
+    else:
+        voxels = np.argmax(contributions, axis=0).astype(np.uint8) + 1
+        colours.SetNumberOfColors(count + 1)
+        colours.SetColor(0, "none", 0.0, 0.0, 0.0, 0.0)
+        for index in range(count):
+            rgb = _INPUT_COLOURS[index % len(_INPUT_COLOURS)]
+            colours.SetColor(index + 1, job.inputNames[index], *rgb, 1.0)
+        node = _write_scalar_volume(job, voxels, vtk.VTK_UNSIGNED_CHAR, job.contributionVolumeNode, name, undo)
+        window = (0.0, float(count))
+    display = node.GetDisplayNode()
+    old = (display.GetColorNodeID(), display.GetAutoWindowLevel(), display.GetWindow(), display.GetLevel())
+    undo.append(lambda: (display.SetAndObserveColorNodeID(old[0]), display.SetAutoWindowLevel(old[1]),
+                         display.SetWindowLevel(old[2], old[3])))
+    display.SetAndObserveColorNodeID(colours.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*window)
+    return node
 
 
 def table_node(node: Any, scene: Any, name: str, undo: Undo) -> Any:

@@ -49,6 +49,7 @@ from .jobs import FusionComputation, FusionTask, TrainingComputation, TrainingTa
 TASK_FILE = "task.json"
 RESULT_FILE = "result.json"
 FUSED_FILE = "fused.npy"
+CONTRIBUTIONS_FILE = "contributions.npy"
 MODEL_FILE = "model.pt"
 CANCEL_FILE = "cancel"
 STDOUT_FILE = "worker.out"
@@ -153,7 +154,10 @@ def write_result(folder: Path, kind: str, computation: Any) -> None:
     """Write a computation into ``folder`` (worker side), each file atomically, ``result.json`` last."""
     if kind == "fusion":
         _replace_atomically(lambda p: _save_array(p, computation.fused), folder / FUSED_FILE)
+        if computation.contributions is not None:
+            _replace_atomically(lambda p: _save_array(p, computation.contributions), folder / CONTRIBUTIONS_FILE)
         document = {
+            "contributions": computation.contributions is not None,
             "seconds": computation.seconds,
             "methodName": computation.methodName,
             "metrics": {k: (None if math.isnan(v) else v) for k, v in computation.metrics.items()},
@@ -184,6 +188,7 @@ def read_result(folder: Path, kind: str) -> Any:
             sliceMetrics={k: np.array([nan(x) for x in v]) for k, v in document["sliceMetrics"].items()},
             sliceIndices=np.array(document["sliceIndices"], dtype=int),
             metricsSeconds=float(document["metricsSeconds"]),
+            contributions=np.load(folder / CONTRIBUTIONS_FILE, mmap_mode="r") if document["contributions"] else None,
         )
     from MedFusionLib.engine.model import FusionModel
     from MedFusionLib.engine.training import TrainingHistory

@@ -26,10 +26,13 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.ndimage import correlate1d, gaussian_filter, uniform_filter
 
 from ..errors import InputError
+from ..contributions import combine_scales
 from .pixel import FusionBaseline, check_non_negative_int, check_positive_float
 
 # Weight sums at or below this are treated as zero and replaced by equal weights.
@@ -146,12 +149,13 @@ class GuidedFilterFusion(FusionBaseline):
             "eps2": self.eps2,
         }
 
-    def _fuse_stack(self, stack: np.ndarray) -> np.ndarray:
+    def _fuse_stack(self, stack: np.ndarray, contributions: bool = False) -> Any:
         low = stack.min()
         span = stack.max() - low
         if span == 0:
             # Every input is the same constant image: nothing to fuse.
-            return stack[0].copy()
+            fused = stack[0].copy()
+            return (fused, np.full(stack.shape, 1.0 / stack.shape[0])) if contributions else fused
         # eps1/eps2 assume [0, 1] intensities, so scale jointly (one scale for
         # all inputs keeps their relative contrast) and undo it at the end.
         stack -= low
@@ -181,7 +185,16 @@ class GuidedFilterFusion(FusionBaseline):
         weights_base = _normalised_weights(guided_filter(stack, binary, self.r1, self.eps1))
         weights_detail = _normalised_weights(guided_filter(stack, binary, self.r2, self.eps2))
         fused = np.einsum("khw,khw->hw", weights_base, base)
-        fused += np.einsum("khw,khw->hw", weights_detail, detail)
+        fused_detail = np.einsum("khw,khw->hw", weights_detail, detail)
+        fused += fused_detail
         fused *= span
         fused += low
-        return fused
+        if not contributions:
+            return fused
+        # The guided filter can overshoot [0, 1] a little; a share is a non-negative fraction.
+        shares = [_normalised_weights(np.clip(w, 0.0, None)) for w in (weights_detail, weights_base)]
+        return fused, combine_scales([(shares[0], fused_detail[None])], shares[1], _no_resize)
+
+
+def _no_resize(array: np.ndarray, size: tuple[int, ...]) -> np.ndarray:  # GFF's two scales share one grid
+    raise AssertionError("guided-filter scales have one size")

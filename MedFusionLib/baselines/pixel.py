@@ -17,7 +17,7 @@ e.g. in the survey of
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,7 +30,9 @@ class FusionBaseline:
 
     Subclasses set :attr:`name` and implement :meth:`_fuse_stack`, which gets
     the validated inputs as one ``(K, H, W)`` ``float64`` stack that it may
-    overwrite (it is a private copy), and returns the fused ``(H, W)`` image.
+    overwrite (it is a private copy), and returns the fused ``(H, W)`` image --
+    or, called with ``contributions=True``, the fused image and its ``(K, H, W)``
+    contribution map.
     """
 
     #: Registry name of the method (the key of :data:`MedFusionLib.baselines.BASELINES`).
@@ -50,6 +52,22 @@ class FusionBaseline:
         stack = np.stack(as_grey_group(images))
         return self._fuse_stack(stack)
 
+    def fuse_with_contributions(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Fuse as :meth:`fuse` does, and say how much each input supplied at every pixel.
+
+        :param images: see :meth:`fuse`.
+        :return: the fused image and a ``(K, H, W)`` ``float64`` map in [0, 1] summing to 1 over
+            the inputs, derived from the method's own rule (see
+            :mod:`MedFusionLib.contributions`).
+        :raises InputError: as :meth:`fuse`, or the method has no contribution rule.
+        """
+        stack = np.stack(as_grey_group(images))
+        try:
+            fused, contributions = self._fuse_stack(stack, contributions=True)
+        except TypeError:  # a subclass written before contribution maps: _fuse_stack(stack) only
+            raise InputError(f"contributions: the {self.name or type(self).__name__} method has no contribution map")
+        return fused, contributions
+
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Alias of :meth:`fuse`, so a baseline can stand where a model callable is expected.
 
@@ -57,7 +75,7 @@ class FusionBaseline:
         """
         return self.fuse(images)
 
-    def _fuse_stack(self, stack: np.ndarray) -> np.ndarray:
+    def _fuse_stack(self, stack: np.ndarray, contributions: bool = False) -> Any:
         raise NotImplementedError
 
     def _params(self) -> dict[str, object]:
@@ -103,8 +121,9 @@ class AverageFusion(FusionBaseline):
 
     name = "average"
 
-    def _fuse_stack(self, stack: np.ndarray) -> np.ndarray:
-        return stack.mean(axis=0)
+    def _fuse_stack(self, stack: np.ndarray, contributions: bool = False) -> Any:
+        fused = stack.mean(axis=0)
+        return (fused, np.full(stack.shape, 1.0 / stack.shape[0])) if contributions else fused
 
 
 class MaximumFusion(FusionBaseline):
@@ -112,11 +131,23 @@ class MaximumFusion(FusionBaseline):
 
     name = "maximum"
 
-    def _fuse_stack(self, stack: np.ndarray) -> np.ndarray:
-        return stack.max(axis=0)
+    def _fuse_stack(self, stack: np.ndarray, contributions: bool = False) -> Any:
+        if not contributions:
+            return stack.max(axis=0)
+        winner = stack.argmax(axis=0)  # ties: the earliest input, as everywhere in MedFusion
+        return np.take_along_axis(stack, winner[None], axis=0)[0], one_hot(winner, stack.shape[0])
 
 
-def select_max_abs(stack: np.ndarray) -> np.ndarray:
+def one_hot(index: np.ndarray, count: int) -> np.ndarray:
+    """``(count, ...)`` ``float64``: 1 where ``index`` names the input, else 0 (a selection rule's weights).
+
+    :param index: integer array of input numbers.
+    :param count: K.
+    """
+    return (np.arange(count).reshape((count,) + (1,) * index.ndim) == index).astype(np.float64)
+
+
+def select_max_abs(stack: np.ndarray, return_index: bool = False) -> Any:
     """Per position, the value of largest magnitude along axis 0 (the "max-abs" detail rule).
 
     Used for pyramid and wavelet detail coefficients, where a larger magnitude
@@ -124,16 +155,20 @@ def select_max_abs(stack: np.ndarray) -> np.ndarray:
     values) go to the earliest input.
 
     :param stack: ``(K, ...)`` array of K coefficient arrays.
-    :return: a new array of shape ``stack.shape[1:]``.
+    :param return_index: also return which input won, an ``int`` array of shape ``stack.shape[1:]``.
+    :return: a new array of shape ``stack.shape[1:]`` (and the winners' indices).
     """
     # A running comparison over the K inputs (a loop over K, not over pixels)
     # reads each array once contiguously; argmax/take_along_axis over axis 0
     # was about 3x slower for K = 2..4.
     best = stack[0].copy()
     best_magnitude = np.abs(best)
-    for candidate in stack[1:]:
+    winner = np.zeros(best.shape, dtype=np.intp) if return_index else None
+    for number, candidate in enumerate(stack[1:], start=1):
         magnitude = np.abs(candidate)
         larger = magnitude > best_magnitude  # strict: ties keep the earlier input
         np.copyto(best, candidate, where=larger)
         np.copyto(best_magnitude, magnitude, where=larger)
-    return best
+        if winner is not None:
+            winner[larger] = number
+    return (best, winner) if return_index else best

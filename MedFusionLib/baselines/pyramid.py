@@ -33,12 +33,13 @@ References:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.ndimage import convolve1d
 
-from .pixel import FusionBaseline, check_non_negative_int, select_max_abs
+from ..contributions import combine_scales, intensity_floor
+from .pixel import FusionBaseline, check_non_negative_int, one_hot, select_max_abs
 
 #: Burt-Adelson 5-tap binomial generating kernel.
 BINOMIAL_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
@@ -152,21 +153,32 @@ class LaplacianPyramidFusion(FusionBaseline):
     def _params(self) -> dict[str, object]:
         return {"levels": self.levels}
 
-    def _fuse_stack(self, stack: np.ndarray) -> np.ndarray:
+    def _fuse_stack(self, stack: np.ndarray, contributions: bool = False) -> Any:
         # The K inputs are filtered together as one (K, H, W) stack, and each
         # detail level is fused as soon as it is made, so only the fused
         # details are kept rather than K whole pyramids.
         current = stack
         fused_details: list[np.ndarray] = []
+        selections: list[tuple[np.ndarray, np.ndarray]] = []  # (one-hot winners, fused detail) per level
         for _ in range(min(self.levels, max_pyramid_levels(stack.shape))):
             coarse = _reduce(current)
-            fused_details.append(select_max_abs(current - _expand(coarse, current.shape)))
+            detail = current - _expand(coarse, current.shape)
+            if contributions:
+                best, winner = select_max_abs(detail, return_index=True)
+                selections.append((one_hot(winner, stack.shape[0]), best[None]))
+            else:
+                best = select_max_abs(detail)
+            fused_details.append(best)
             current = coarse
         fused = current.mean(axis=0)
         for detail in reversed(fused_details):
             fused = _expand(fused, detail.shape)
             fused += detail
-        return fused
+        if not contributions:
+            return fused
+        base_weights = np.full(current.shape, 1.0 / stack.shape[0])
+        return fused, combine_scales(selections, base_weights, _expand, floor=intensity_floor(stack),
+                                     size=stack.shape[-2:])
 
 
 def gaussian_pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:

@@ -19,11 +19,15 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pywt
+from scipy.ndimage import zoom
 
 from ..errors import InputError
-from .pixel import FusionBaseline, check_non_negative_int, select_max_abs
+from ..contributions import combine_scales, intensity_floor
+from .pixel import FusionBaseline, check_non_negative_int, one_hot, select_max_abs
 
 
 class WaveletFusion(FusionBaseline):
@@ -56,16 +60,43 @@ class WaveletFusion(FusionBaseline):
     def _params(self) -> dict[str, object]:
         return {"wavelet": self.wavelet.name, "levels": self.levels, "mode": self.mode}
 
-    def _fuse_stack(self, stack: np.ndarray) -> np.ndarray:
+    def _fuse_stack(self, stack: np.ndarray, contributions: bool = False) -> Any:
         height, width = stack.shape[1:]
+        count = stack.shape[0]
         levels = min(self.levels, pywt.dwt_max_level(min(height, width), self.wavelet.dec_len))
         if levels == 0:
-            return stack.mean(axis=0)
+            fused = stack.mean(axis=0)
+            return (fused, np.full(stack.shape, 1.0 / count)) if contributions else fused
         # One transform of the whole (K, H, W) stack over its image axes.
         coefficients = pywt.wavedec2(stack, self.wavelet, mode=self.mode, level=levels, axes=(-2, -1))
         fused: list[object] = [coefficients[0].mean(axis=0)]
+        scales: list[tuple[np.ndarray, np.ndarray]] = []  # coarsest first, as wavedec2 lists them
         for details in coefficients[1:]:
-            fused.append(tuple(select_max_abs(band) for band in details))
+            selected = [select_max_abs(band, return_index=True) for band in details]
+            fused.append(tuple(best for best, _ in selected))
+            if contributions:
+                # The three orientations of a scale count by the detail each carries.
+                energy = sum(np.abs(best) for best, _ in selected)
+                weighted = sum(np.abs(best) * one_hot(winner, count) for best, winner in selected)
+                weights = np.divide(weighted, energy, out=np.full(weighted.shape, 1.0 / count), where=energy > 0)
+                scales.append((weights, energy[None]))
         image = pywt.waverec2(fused, self.wavelet, mode=self.mode)
         # waverec2 returns a new array; crop its possible extra row/column.
-        return np.ascontiguousarray(image[:height, :width])
+        image = np.ascontiguousarray(image[:height, :width])
+        if not contributions:
+            return image
+        base_weights = np.full(coefficients[0].shape, 1.0 / count)
+        shares = combine_scales(scales[::-1], base_weights, resize_linear, floor=intensity_floor(stack),
+                                size=(height, width))
+        return image, shares
+
+
+def resize_linear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of the last two axes to ``size`` (a wavelet scale's grid onto the next finer one).
+
+    :param array: ``(..., h, w)``.
+    :param size: ``(H, W)``.
+    """
+    factors = (1.0,) * (array.ndim - 2) + (size[0] / array.shape[-2], size[1] / array.shape[-1])
+    resized = zoom(array, factors, order=1, mode="nearest", grid_mode=True)
+    return resized[..., : size[0], : size[1]]

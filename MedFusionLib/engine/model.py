@@ -129,7 +129,8 @@ class FusionModel:
         block_size: int | None = None,
         stride: int | None = None,
         batch_blocks: int | None = 4096,
-    ) -> torch.Tensor:
+        contributions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Fuse a batch ``(B, K, H, W)`` on the tensor's device; returns ``(B, 1, H, W)``.
 
         The CNN is fully convolutional: with ``block_size=None`` it fuses each image in
@@ -142,11 +143,20 @@ class FusionModel:
         :param block_size: None (CNN: whole image) or n = 2^i.
         :param stride: block step (default n / 2).
         :param batch_blocks: blocks per forward pass in block mode (bounds memory).
+        :param contributions: also return each input's share of the fused value, ``(B, K, H, W)``
+            (see :mod:`MedFusionLib.contributions`; in block mode the blocks' maps are overlap-averaged like
+            the fused blocks). Only the CNN has one: the DBM predicts values, not input weights.
+        :returns: the fused batch, or ``(fused, contributions)``.
         """
         if inputs.ndim != 4:
             raise InputError(f"inputs: expected a (batch, images, height, width) tensor, got shape {tuple(inputs.shape)}")
         if not self.accepts(inputs.shape[1]):
             raise InputError(f"inputs: this model fuses {self.n_inputs} images, got {inputs.shape[1]}")
+        if contributions and self.family != "cnn":
+            raise InputError(
+                f"contributions: the {self.family} model predicts fused values, not weights of its inputs, "
+                "so it has no contribution map; use the CNN model or a baseline"
+            )
         if self.family == "dbm":
             if block_size not in (None, self.block_size):
                 raise InputError(
@@ -155,10 +165,14 @@ class FusionModel:
                 )
             block_size = self.block_size
         if block_size is None:
-            return self.network(inputs)
+            return self.network.fuse_with_contributions(inputs) if contributions else self.network(inputs)
         block_size = validate_block_size(block_size, tuple(inputs.shape[-2:]))
         stride = validate_stride(stride if stride is not None else default_stride(block_size), block_size)
-        return fuse_blockwise(inputs, self.network, block_size, stride, batch_blocks=batch_blocks)
+        if not contributions:
+            return fuse_blockwise(inputs, self.network, block_size, stride, batch_blocks=batch_blocks)
+        both = fuse_blockwise(inputs, lambda blocks: torch.cat(self.network.fuse_with_contributions(blocks), dim=1),
+                              block_size, stride, batch_blocks=batch_blocks)
+        return both[:, :1], both[:, 1:]
 
     def fuse(
         self,
@@ -166,19 +180,24 @@ class FusionModel:
         block_size: int | None = None,
         stride: int | None = None,
         device: str | torch.device | None = None,
-    ) -> np.ndarray:
+        contributions: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Fuse K standardised 2D images (``float`` in [0, 1], same shape) into one ``float32`` image.
 
         :param images: the K inputs.
         :param block_size: see :meth:`fuse_tensor`.
         :param stride: see :meth:`fuse_tensor`.
         :param device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        :param contributions: also return the ``(K, H, W)`` contribution map (see :meth:`fuse_tensor`).
         """
         stack = np.stack([np.asarray(image, dtype=np.float32) for image in images])
         target_device = resolve_device(device)
         self.network.to(target_device)
         with inference_context():
-            out = self.fuse_tensor(torch.from_numpy(stack)[None].to(target_device), block_size, stride)
+            out = self.fuse_tensor(torch.from_numpy(stack)[None].to(target_device), block_size, stride,
+                                   contributions=contributions)
+        if contributions:
+            return out[0][0, 0].float().cpu().numpy(), out[1][0].float().cpu().numpy()
         return out[0, 0].float().cpu().numpy()
 
     # ------------------------------------------------------------------ training

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contributions import combine_scales
 from .rbm import RBM, unroll
 
 #: Burt & Adelson's 5-tap binomial generating kernel.
@@ -236,13 +237,28 @@ class PyramidWeightCNN(nn.Module):
         return pyramid, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse_with_contributions(x, contributions=False)[0]
+
+    def fuse_with_contributions(
+        self, x: torch.Tensor, contributions: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fused image ``(B, 1, H, W)`` and, if asked, each input's share of it ``(B, K, H, W)``.
+
+        The shares combine the per-level softmax weights as :mod:`MedFusionLib.contributions` defines
+        (each level counted by the fused detail it carries; the base's weights where there
+        is none), through the same EXPAND that collapses the pyramid.
+        """
         pyramid, weights = self.fusion_weights(x)
-        fused = collapse_pyramid([(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)])
+        fused_levels = [(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)]
+        fused = collapse_pyramid(fused_levels)
         if self.clamp_to_inputs:
             # (minimum/maximum rather than clamp: the shipped weights were trained with this form,
             # and the two split the gradient differently where the fused value meets a bound)
             fused = torch.minimum(torch.maximum(fused, x.amin(dim=1, keepdim=True)), x.amax(dim=1, keepdim=True))
-        return fused
+        if not contributions:
+            return fused, None
+        shares = combine_scales(list(zip(weights[:-1], fused_levels[:-1])), weights[-1], pyramid_expand)
+        return fused, shares
 
 
 class BlockDBMNet(nn.Module):
