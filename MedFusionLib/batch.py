@@ -760,6 +760,8 @@ def run_batch(
     metrics: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
     model: Method = _UNSET,
     **fuse_kwargs: object,
 ) -> BatchReport:
@@ -809,6 +811,10 @@ def run_batch(
     :param cancel: ``cancel.is_set()`` is checked before each group, inside volume fusion
         and before writing; when set, the report of the groups finished so far is written,
         no partial output is left, and :class:`BatchCancelled` (a ``FusionCancelled``) is raised.
+    :param scheduler: run the groups as tasks of the Dask cluster at this address (``tcp://host:8786``)
+        instead of in this process; inputs and outputs must be on a file system its workers share.
+        Same outputs, report, resuming, failures and cancel (see :mod:`MedFusionLib.cluster`).
+    :param workers: run the groups on a local Dask cluster of this many worker processes.
     :param fuse_kwargs: passed on to ``fuse`` (``block_size``, ``stride``, ``device``,
         ``modalities``) and ``fuse_volume`` (``axis``, ``batch_size``, ``block_size``,
         ``device``, ``modalities``); each gets the ones it takes. A group's own modalities win.
@@ -837,13 +843,16 @@ def run_batch(
     candidates = [extension] if extension else [_DEFAULT_2D_FORMAT, _DEFAULT_3D_FORMAT]
     _check_no_output_is_an_input(group_list, folder, candidates)
     # A batch killed mid-write leaves hidden temporary folders; the restart clears its own.
-    for group in group_list:
-        for candidate in candidates:
-            for path in _fused_paths(folder, group.name, candidate):
-                remove_stale_temporaries(path)
+    output_paths = [path for group in group_list for candidate in candidates
+                    for path in _fused_paths(folder, group.name, candidate)]
+    for path in output_paths:
+        remove_stale_temporaries(path)
     remove_stale_temporaries(folder / REPORT_NAME)
     report_path = folder / REPORT_NAME
     previous = _previous_rows(report_path)
+    if scheduler is not None or workers is not None:
+        return _run_on_dask(group_list, folder, method, extension, overwrite, metrics, previous, fuse_kwargs,
+                            report_path, output_paths, scheduler, workers, progress, cancel)
     report = BatchReport()
     total = max(len(group_list), 1)
     last_write = time.monotonic()
@@ -887,6 +896,54 @@ def run_batch(
         raise
     _write_report(report, report_path)
     return report
+
+
+def _run_on_dask(group_list: list[Group], folder: Path, method: object, extension: str | None, overwrite: bool,
+                 metrics: bool, previous: Mapping[str, Mapping[str, str]], fuse_kwargs: Mapping[str, object],
+                 report_path: Path, output_paths: Sequence[Path], scheduler: str | None, workers: int | None,
+                 progress: ProgressCallback | None, cancel: CancelFlag | None) -> BatchReport:
+    """The groups as tasks of a Dask cluster (:mod:`MedFusionLib.cluster`); rows and report as in-process."""
+    from .cluster import DaskRunCancelled, run_tasks
+
+    rows: dict[int, BatchRow] = {}
+    last_write = time.monotonic()
+
+    def report() -> BatchReport:  # one row per finished case, in the groups' order
+        return BatchReport([rows[index] for index in sorted(rows)])
+
+    def on_result(index: int, row: BatchRow | None, error: BaseException | None) -> None:
+        nonlocal last_write
+        group = group_list[index]
+        rows[index] = row if error is None else BatchRow(group.name, FAILED, None, None, f"worker: {_one_line(error)}")
+        if progress is not None:
+            progress(len(rows) / max(len(group_list), 1), f"{group.name}: {rows[index].status}")
+        if time.monotonic() - last_write >= _REPORT_INTERVAL_S:
+            _write_report(report(), report_path)
+            last_write = time.monotonic()
+
+    arguments = [(group, folder, extension, overwrite, metrics, previous.get(group.name), dict(fuse_kwargs))
+                 for group in group_list]
+    try:
+        run_tasks(_case_task, arguments, on_result, shared=method, scheduler=scheduler, workers=workers,
+                  cancel=cancel)
+    except DaskRunCancelled:
+        _stop(report(), report_path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _write_report(report(), report_path)
+        raise
+    final = report()
+    _write_report(final, report_path)
+    for path in output_paths:  # a worker killed mid-write left a hidden temporary; its retry wrote the output
+        remove_stale_temporaries(path)
+    return final
+
+
+def _case_task(method: object, group: Group, folder: Path, extension: str | None, overwrite: bool, metrics: bool,
+               previous: Mapping[str, str] | None, fuse_kwargs: Mapping[str, object]) -> BatchRow:
+    """One case on a Dask worker: the in-process code, no progress or cancel (the client handles those)."""
+    return _run_group(group, folder, method, extension, overwrite, metrics, previous,
+                      lambda fraction, message: None, None, fuse_kwargs)
 
 
 def _stop(report: BatchReport, report_path: Path) -> NoReturn:

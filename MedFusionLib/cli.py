@@ -96,7 +96,8 @@ def command_batch(args: argparse.Namespace) -> int:
     report = run_batch(groups, args.output, method=args.method, overwrite=args.overwrite,
                        register=None if args.register == "none" else args.register,
                        denoise=None if args.denoise == "none" else args.denoise,
-                       metrics=not args.no_metrics, progress=bar, block_size=args.block_size, device=args.device)
+                       metrics=not args.no_metrics, progress=bar, block_size=args.block_size, device=args.device,
+                       scheduler=args.scheduler, workers=args.workers)
     bar.close()
     print(report.summary())
     return 0 if not report.failed else 1
@@ -134,6 +135,10 @@ def command_train(args: argparse.Namespace) -> int:
         spec["n_inputs"] = dataset.n_inputs
         changes.append("--data <your triplets>")
     stop = threading.Event()
+    from .engine.distributed import launched_by_torchrun, process_group
+
+    if args.tune and launched_by_torchrun():
+        raise MedFusionError("--tune runs in one process: tune first, then train the tuned settings under torchrun")
     if args.tune:
         from dataclasses import replace
 
@@ -155,11 +160,17 @@ def command_train(args: argparse.Namespace) -> int:
         print(f"tuning: best of {args.tune} trials {result.best_params} (validation loss {result.best_value:.5f})")
         changes.append(f"--tune {args.tune}")
     spec["command"] = " ".join(["medfusion train --recipe", args.recipe, *changes, "--output <file>"])
-    bar = ProgressBar("training", enabled=not args.quiet)
-    try:
-        model, history = train_recipe(spec, args.output, progress=bar, cancel=stop, dataset=dataset)
-    finally:
-        bar.close()
+    # Under torchrun the processes train together (DistributedDataParallel); rank 0 reports and writes.
+    with process_group(spec["training"].device) as ranks:
+        bar = ProgressBar("training", enabled=not args.quiet and ranks.main)
+        try:
+            model, history = train_recipe(spec, args.output, progress=bar, cancel=stop, dataset=dataset)
+        finally:
+            bar.close()
+    if not ranks.main:
+        return 0
+    if ranks.distributed:
+        print(f"trained on {ranks.world_size} processes (torchrun)")
     if args.tune:
         from .io import atomic_output
 
@@ -274,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-o", "--output", required=True, help="output folder (a re-run skips finished outputs)")
     batch.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     batch.add_argument("--no-metrics", action="store_true", help="skip the metrics (volumes: scored slice by slice)")
+    cluster = batch.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="send each case to the Dask cluster at ADDRESS (e.g. tcp://host:8786); inputs and "
+                              "outputs must be on a file system its workers share (pip install 'medfusion[cluster]')")
+    cluster.add_argument("--workers", type=int, metavar="N",
+                         help="start a Dask cluster of N worker processes on this machine and run the cases on it")
     add_preprocessing_options(batch)
     add_method_options(batch)
     batch.set_defaults(handler=command_batch)

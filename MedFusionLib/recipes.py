@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .data.targets import MODALITY_PAIRS, phantom_cases
+from .engine import distributed
 from .engine.model import FusionModel
 from .engine.training import TrainingConfig, TrainingHistory, TripletDataset, save_history
 from .errors import InputError
@@ -118,7 +119,7 @@ def train_recipe(
             "total_seconds": round(time.perf_counter() - start, 1),
         }
     )
-    if output is not None:
+    if output is not None and distributed.current().main:  # under torchrun, rank 0 writes the files
         model.save(output)
         save_history(history, f"{output}.history.json")
     return model, history

@@ -189,7 +189,7 @@ LAYERS = {
     "preprocessing": 1, "baselines": 1, "engine": 1, "contributions": 1,  # building blocks
     "fusion": 2,                                                           # the fusion API
     "metrics": 3, "data": 3,                                               # scoring, phantoms and targets
-    "batch": 4, "recipes": 4,                                              # many cases, training recipes
+    "batch": 4, "recipes": 4, "cluster": 4,                                             # many cases, training recipes
     "experiments": 5,                                                      # the papers' studies
     "cli": 6,                                                              # the command line on top
 }

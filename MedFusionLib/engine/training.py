@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressCallback
 from ..validation import check_int
+from . import distributed
 from .devices import resolve_device
 from .rbm import TrainingCancelled, pretrain_stack
 
@@ -254,9 +255,11 @@ def train(
     if dataset.n_inputs != model.n_inputs:
         raise InputError(f"dataset: triplets have {dataset.n_inputs} inputs, the model fuses {model.n_inputs}")
     n = model.block_size
-    device = resolve_device(config.device)
+    ranks = distributed.current()  # under torchrun: this process's rank (see .distributed)
+    device = distributed.training_device(resolve_device(config.device))
     train_set, validation_set = dataset.split(config.validation_fraction, config.seed)
-    rng = np.random.default_rng(config.seed)
+    # Each rank draws its own blocks; a single process keeps the stream it always had.
+    rng = np.random.default_rng([config.seed, ranks.rank] if ranks.distributed else config.seed)
     torch.manual_seed(config.seed)
     original_network = copy.deepcopy(model.network)
     history = TrainingHistory(device=str(device))
@@ -272,9 +275,14 @@ def train(
         if model.family == "dbm":
             _pretrain_dbm(model, train_set, config, rng, history, report)
         network = model.network.to(device).train()
+        # Under torchrun the gradients are averaged over the ranks at every step (DDP starts every rank
+        # from rank 0's weights). Small blocks leave the context encoder unused, on some ranks only.
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
+        ) if ranks.distributed else network
         optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         validation = None
-        if validation_set is not None:
+        if validation_set is not None and ranks.main:  # rank 0 alone validates
             val_inputs, val_targets = validation_set.sample_blocks(
                 n, config.validation_blocks, np.random.default_rng(config.seed + 1), augment=False
             )
@@ -294,7 +302,7 @@ def train(
             inputs, targets = train_set.sample_blocks(size, config.batch_size, rng)
             inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
             optimiser.zero_grad(set_to_none=True)
-            loss = fusion_loss(network(inputs), targets, config.gradient_weight)
+            loss = fusion_loss(trainer(inputs), targets, config.gradient_weight)
             loss.backward()
             optimiser.step()
             history.train_loss.append(float(loss.detach()))
@@ -302,30 +310,37 @@ def train(
             if not validating and iteration % report_every == 0:
                 report(iteration / config.iterations, f"iteration {iteration}: loss {history.train_loss[-1]:.5f}")
             if validating:
-                if validation is not None:
-                    network.eval()
-                    with torch.no_grad():
-                        val_loss = float(fusion_loss(network(validation[0]), validation[1], config.gradient_weight))
-                    network.train()
+                stop = False
+                if ranks.main:
+                    if validation is not None:
+                        network.eval()
+                        with torch.no_grad():
+                            val_loss = float(fusion_loss(network(validation[0]), validation[1], config.gradient_weight))
+                        network.train()
+                    else:
+                        val_loss = float(np.mean(history.train_loss[-config.validation_every :]))
+                    history.validation_iterations.append(iteration)
+                    history.validation_loss.append(val_loss)
+                    if val_loss < history.best_validation_loss:
+                        history.best_validation_loss = val_loss
+                        history.best_iteration = iteration
+                        best_state = copy.deepcopy(network.state_dict())
+                        stale = 0
+                        if config.checkpoint:
+                            model.save(config.checkpoint)  # model.network is the network being trained
+                    else:
+                        stale += 1
+                    report(iteration / config.iterations,
+                           f"iteration {iteration}: loss {loss.item():.5f}, validation {val_loss:.5f}")
+                    stop = config.patience is not None and stale >= config.patience
                 else:
-                    val_loss = float(np.mean(history.train_loss[-config.validation_every :]))
-                history.validation_iterations.append(iteration)
-                history.validation_loss.append(val_loss)
-                if val_loss < history.best_validation_loss:
-                    history.best_validation_loss = val_loss
-                    history.best_iteration = iteration
-                    best_state = copy.deepcopy(network.state_dict())
-                    stale = 0
-                    if config.checkpoint:
-                        model.save(config.checkpoint)  # model.network is the network being trained
-                else:
-                    stale += 1
-                report(iteration / config.iterations, f"iteration {iteration}: loss {loss.item():.5f}, validation {val_loss:.5f}")
-                if config.patience is not None and stale >= config.patience:
+                    report(iteration / config.iterations, f"iteration {iteration}: loss {loss.item():.5f}")
+                if distributed.from_main(stop, device):  # rank 0 decides for every rank
                     history.stopped_early = True
                     break
         network.load_state_dict(best_state)
         network.eval()
+        distributed.wait_for_all()  # a rank that failed fails the others here at the latest: no model is written
     except BaseException:
         model.network = original_network  # a cancelled or failed run leaves the model as it was
         raise
