@@ -416,7 +416,7 @@ def fuse_volume(
     if torch_device is None and block_size is not None:
         raise InputError(f"block_size: {method_name(method)} fuses whole images; blocks apply to learned models")
     if torch_device is not None:
-        method.network.to(torch_device)
+        method.to(torch_device)
     if batch_size is None:
         batch_size = 32 if torch_device is not None and torch_device.type == "cuda" else 4
     clock = time.perf_counter()

@@ -185,7 +185,7 @@ def test_one_name_for_the_method_and_one_spelling_of_off(tmp_path):
 
 #: The layers of MedFusionLib, bottom up: a module may import its own layer's modules and those below.
 LAYERS = {
-    "__init__": 0, "errors": 0, "validation": 0, "progress": 0, "io": 0,   # foundation
+    "__init__": 0, "errors": 0, "validation": 0, "progress": 0, "io": 0, "optional": 0,   # foundation
     "preprocessing": 1, "baselines": 1, "engine": 1, "contributions": 1,  # building blocks
     "fusion": 2,                                                           # the fusion API
     "metrics": 3, "data": 3,                                               # scoring, phantoms and targets

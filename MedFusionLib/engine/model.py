@@ -192,13 +192,20 @@ class FusionModel:
         """
         stack = np.stack([np.asarray(image, dtype=np.float32) for image in images])
         target_device = resolve_device(device)
-        self.network.to(target_device)
+        self.to(target_device)
         with inference_context():
             out = self.fuse_tensor(torch.from_numpy(stack)[None].to(target_device), block_size, stride,
                                    contributions=contributions)
         if contributions:
             return out[0][0, 0].float().cpu().numpy(), out[1][0].float().cpu().numpy()
         return out[0, 0].float().cpu().numpy()
+
+    def to(self, device: torch.device) -> "FusionModel":
+        """Move the weights to ``device`` (nothing to do, and nothing walked, when they are there already)."""
+        first = next(self.network.parameters(), None)
+        if first is None or first.device != device:
+            self.network.to(device)
+        return self
 
     # ------------------------------------------------------------------ training
 

@@ -23,15 +23,47 @@ n x n input blocks to the n x n fused block (a correction added to the blocks' m
 
 from __future__ import annotations
 
+from types import ModuleType
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..contributions import combine_scales
+from ..optional import optional_module
 from .rbm import RBM, unroll
 
 #: Burt & Adelson's 5-tap binomial generating kernel.
 _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)
+#: Its outer, inner and centre taps as float32 (what PyTorch multiplies float32 tensors by), for the
+#: blur (scale 1) and the EXPAND (scale 2, which keeps a constant constant after zero insertion).
+_TAPS = {scale: tuple(np.float32(t * scale / 16.0) for t in _BINOMIAL[:3]) for scale in (1.0, 2.0)}
+
+
+def compiled_kernels() -> ModuleType | None:
+    """The numba-compiled inference kernels (:mod:`._kernels`), or None when numba is not installed.
+
+    Imported on first use: numba is optional (the ``fast`` extra) and its import takes a moment.
+    """
+    return optional_module("MedFusionLib.engine._kernels")
+
+
+#: Set to False to run every step in PyTorch (the path of training and GPUs) even where kernels exist.
+USE_KERNELS = True
+
+
+def _kernels_for(*tensors: torch.Tensor) -> ModuleType | None:
+    """The compiled kernels when they may stand in for PyTorch here: CPU float32 tensors in inference mode.
+
+    Only in ``torch.inference_mode`` (what the fusion API runs in): training, and its validation
+    under ``no_grad``, keep PyTorch's own arithmetic, so training stays bit-for-bit reproducible.
+    """
+    if not USE_KERNELS or not torch.is_inference_mode_enabled():
+        return None
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    return compiled_kernels()
 
 
 def _separable_blur(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -39,9 +71,16 @@ def _separable_blur(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
     Written as shifted sums rather than a depthwise convolution: for a 5-tap kernel
     on a few channels that is several times faster on CPUs (oneDNN's depthwise
-    kernels are tuned for many channels), and the same on GPUs.
+    kernels are tuned for many channels), and the same on GPUs. On the CPU at
+    inference, one compiled pass does the same arithmetic (:func:`._kernels.blur`).
     """
     mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"  # reflect needs 3+ pixels
+    kernels = _kernels_for(x)
+    if kernels is not None:
+        planes = x.contiguous().view(-1, *x.shape[-2:])
+        out = torch.empty_like(planes)
+        kernels.blur(planes.numpy(), out.numpy(), *_TAPS[scale], mode == "replicate")
+        return out.view(x.shape)
     padded = F.pad(x, (2, 2, 2, 2), mode=mode)
     w0, w1, w2 = (t * scale / 16.0 for t in _BINOMIAL[:3])
     rows = w0 * (padded[..., :-4, :] + padded[..., 4:, :]) + w1 * (padded[..., 1:-3, :] + padded[..., 3:-1, :])
@@ -50,13 +89,31 @@ def _separable_blur(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return out + w2 * rows[..., 2:-2]
 
 
+def _compiled_resample(kernel_name: str, x: torch.Tensor, size: tuple[int, int], scale: float,
+                       mode_size: tuple[int, int]) -> torch.Tensor | None:
+    """A compiled REDUCE or EXPAND (:mod:`._kernels`) where :func:`_kernels_for` allows one, else None."""
+    kernels = _kernels_for(x)
+    if kernels is None:
+        return None
+    planes = x.contiguous().view(-1, *x.shape[-2:])
+    out = planes.new_empty((planes.shape[0], *size))
+    getattr(kernels, kernel_name)(planes.numpy(), out.numpy(), *_TAPS[scale], min(mode_size) <= 2)
+    return out.view(*x.shape[:-2], *size)
+
+
 def pyramid_reduce(x: torch.Tensor) -> torch.Tensor:
     """Blur and keep every second row and column (a side of n becomes ceil(n / 2))."""
-    return _separable_blur(x)[..., ::2, ::2]
+    height, width = x.shape[-2:]
+    compiled = _compiled_resample("reduce", x, ((height + 1) // 2, (width + 1) // 2), 1.0, (height, width))
+    return compiled if compiled is not None else _separable_blur(x)[..., ::2, ::2]
 
 
 def pyramid_expand(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Zero-insert up to ``size`` and blur with twice the kernel per axis (keeps a constant constant)."""
+    size = (int(size[0]), int(size[1]))
+    compiled = _compiled_resample("expand", x, size, 2.0, size)
+    if compiled is not None:
+        return compiled
     up = x.new_zeros((*x.shape[:-2], *size))
     up[..., ::2, ::2] = x
     return _separable_blur(up, scale=2.0)
@@ -153,13 +210,14 @@ class PyramidWeightCNN(nn.Module):
         half = pyramid_reduce(x)
         # Local contrast (absolute deviation from the local mean) tells the encoder where detail is.
         contrast = (half - _separable_blur(half)).abs()
-        f_half = F.relu(self.encode_half(torch.cat([half, contrast], dim=1)))
+        features = torch.cat([half, contrast], dim=1)
+        f_half = F.relu(self.encode_half(features))
         f_quarter = F.relu(self.encode_quarter(f_half))
         f_eighth = F.relu(self.encode_eighth(f_quarter))
         return [f_half, f_quarter, f_eighth]
 
     def _scores(self, head: nn.Sequential, context: torch.Tensor | None, size: torch.Size,
-                pixel_terms: list[torch.Tensor], batch: int, count: int) -> torch.Tensor:
+                pixel_terms: list[torch.Tensor], batch: int, count: int, shared: dict | None = None) -> torch.Tensor:
         """The score head applied without materialising its concatenated input.
 
         The first 1x1 layer is linear, so its context part is applied at the context's
@@ -172,6 +230,11 @@ class PyramidWeightCNN(nn.Module):
         """
         first, _, second = head
         weight = first.weight[:, :, 0, 0]
+        kernels = _kernels_for(context) if context is not None else None
+        if kernels is not None:
+            if tuple(context.shape[-2:]) != tuple(size):  # resampling first is the same linear map
+                context = F.interpolate(context, size=tuple(size), mode="bilinear", align_corners=False)
+            return self._scores_compiled(kernels, head, context, pixel_terms, count, shared)
         hidden = weight.shape[0]
         own_w = weight[:, : self.width]
         pooled_w = weight[:, self.width : 2 * self.width]
@@ -205,6 +268,42 @@ class PyramidWeightCNN(nn.Module):
             dim=-2,
         )
 
+    def _scores_compiled(self, kernels: ModuleType, head: nn.Sequential, context: torch.Tensor,
+                         pixel_terms: list[torch.Tensor], count: int, shared: dict | None) -> torch.Tensor:
+        """:meth:`_scores` in two compiled passes (:mod:`._kernels`), with no hidden-layer tensor per level.
+
+        The context's part of the hidden layer (bias + own and mean context) is computed once per
+        context and head and kept in ``shared``: the two finest levels read the same context.
+        """
+        context = context.contiguous()
+        height, columns = context.shape[-2:]
+        own, pooled, term_weights, bias, out_weight, out_bias = self._head_arrays(head, len(pixel_terms))
+        key = (context.data_ptr(), tuple(context.shape), id(head))
+        part = None if shared is None else shared.get(key)
+        if part is None:
+            part = np.empty((context.shape[0], bias.shape[0], height, columns), dtype=np.float32)
+            kernels.context_part(context.numpy(), count, own, pooled, part)
+            if shared is not None:
+                shared[key] = part
+        terms = torch.cat(pixel_terms, dim=1)
+        out = context.new_empty((context.shape[0], 1, height, columns))
+        kernels.head_scores(part, terms.numpy(), term_weights, bias, out_weight, out_bias, out.numpy()[:, 0])
+        return out
+
+    def _head_arrays(self, head: nn.Sequential, n_terms: int) -> tuple:
+        """A head's weights as the kernel takes them, made once per weight version (not per call)."""
+        first, _, second = head
+        key = (id(head), n_terms, *((p.data_ptr(), p._version) for p in head.parameters()))
+        cache = self.__dict__.setdefault("_head_cache", {})
+        if cache.get(id(head), (None,))[0] != key:
+            weight = first.weight.detach()[:, :, 0, 0]
+            width = self.width
+            arrays = tuple(part.contiguous().numpy().copy() for part in (
+                weight[:, :width], weight[:, width : 2 * width], weight[:, 2 * width : 2 * width + n_terms],
+                first.bias.detach(), second.weight.detach().reshape(-1)))
+            cache[id(head)] = (key, (*arrays, np.float32(second.bias.detach().item())))
+        return cache[id(head)][1]
+
     def fusion_weights(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The inputs' Laplacian pyramids and the per-level softmax weights, ``(B, K, h_l, w_l)`` each."""
         batch, count = x.shape[:2]
@@ -213,6 +312,7 @@ class PyramidWeightCNN(nn.Module):
         flat = x.reshape(batch * count, 1, *x.shape[-2:])
         contexts = self._contexts(flat) if min(x.shape[-2:]) >= 8 else None
         weights = []
+        shared: dict = {}  # context parts of the score heads, computed once per forward (compiled path)
         for index, level in enumerate(pyramid):
             size = level.shape[-2:]
             own = level.reshape(batch * count, 1, *size)
@@ -227,12 +327,14 @@ class PyramidWeightCNN(nn.Module):
                     # corrected per pixel with the full-resolution activity and detail.
                     terms = [pyramid_reduce(activity), pyramid_reduce(own)]
                 depth = terms[1].new_full(terms[1].shape, index / max(self.levels, 1))
-                scores = self._scores(self.detail_head, context, terms[1].shape[-2:], [*terms, depth], batch, count)
+                scores = self._scores(self.detail_head, context, terms[1].shape[-2:], [*terms, depth], batch, count,
+                                      shared)
                 if scores.shape[-2:] != size:
                     scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
                     scores = scores + self.finest_refinement[0] * activity + self.finest_refinement[1] * own
             else:
-                scores = self._scores(self.base_head, context, size, [own, _separable_blur(own)], batch, count)
+                scores = self._scores(self.base_head, context, size, [own, _separable_blur(own)], batch, count,
+                                      shared)
             weights.append(torch.softmax(scores.view(batch, count, *size), dim=1))
         return pyramid, weights
 

@@ -24,6 +24,7 @@ from typing import Callable, Sequence, TypeVar, Union
 import numpy as np
 from scipy import ndimage
 
+from ..optional import optional_module
 from ..errors import InputError
 from ..validation import source_name
 from ._common import N_BINS, VARIANCE_FLOOR, grey_levels, to_score_scale, valid_window_mean, window_shape
@@ -37,26 +38,9 @@ QUALITY_WINDOW = 8
 #: Names accepted for ``backend``: None picks numba when it is installed.
 BACKENDS = ("numba", "numpy")
 
-_KERNELS: ModuleType | None = None
-_KERNELS_TRIED = False
-
-
 def compiled_kernels() -> ModuleType | None:
-    """The numba-compiled kernels (:mod:`._kernels`), or None when numba is not installed.
-
-    Imported on first use, not with the package: numba is optional and its import
-    takes a noticeable fraction of a second.
-    """
-    global _KERNELS, _KERNELS_TRIED
-    if not _KERNELS_TRIED:
-        _KERNELS_TRIED = True
-        try:
-            from . import _kernels
-        except ImportError:
-            _KERNELS = None
-        else:
-            _KERNELS = _kernels
-    return _KERNELS
+    """The numba-compiled kernels (:mod:`._kernels`), or None when numba is not installed (imported on first use)."""
+    return optional_module("MedFusionLib.metrics._kernels")
 
 
 _POOL: ThreadPoolExecutor | None = None

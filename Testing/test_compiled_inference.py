@@ -1,0 +1,120 @@
+"""The CNN's compiled CPU inference (numba kernels, ``MedFusionLib/engine/_kernels.py``) against PyTorch.
+
+The kernels stand in for PyTorch only in inference mode on the CPU; these tests pin that they
+give the same fused images as the PyTorch path (to float32 rounding, 1e-6) on the bundled
+examples, K = 2, 3, 4, colour, blocks, volumes (several slices per batch), contribution maps and
+odd sizes, and that the pyramid filters are bit for bit PyTorch's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+import MedFusionLib.engine.networks as networks  # noqa: E402
+from MedFusionLib import fuse, fuse_volume  # noqa: E402
+from MedFusionLib.data.examples import example_path  # noqa: E402
+from MedFusionLib.engine.devices import inference_context  # noqa: E402
+from MedFusionLib.io import read_image  # noqa: E402
+from MedFusionLib.preprocessing import split_luminance  # noqa: E402
+
+TOLERANCE = 1e-6
+
+
+def _both(run):
+    """``run()`` through PyTorch only, then with the compiled kernels."""
+    previous = networks.USE_KERNELS
+    try:
+        networks.USE_KERNELS = False
+        reference = run()
+        networks.USE_KERNELS = True
+        compiled = run()
+    finally:
+        networks.USE_KERNELS = previous
+    return reference, compiled
+
+
+@pytest.fixture(scope="module")
+def examples() -> dict[str, np.ndarray]:
+    images = {name: read_image(example_path(name)).array for name in ("ct", "mri", "mri_t2")}
+    images["pet"] = split_luminance(read_image(example_path("pet_colour")))[0]
+    return images
+
+
+def test_the_kernels_are_used_in_inference_only():
+    assert networks.compiled_kernels() is not None
+    x = torch.zeros(1, 2, 8, 8)
+    with inference_context():
+        assert networks._kernels_for(x) is not None
+    with torch.no_grad():  # training's validation: PyTorch's arithmetic, so training stays reproducible
+        assert networks._kernels_for(x) is None
+    assert networks._kernels_for(x) is None
+    with inference_context():
+        assert networks._kernels_for(x.double()) is None
+
+
+@pytest.mark.parametrize("names", [("ct", "mri"), ("ct", "mri", "pet"), ("ct", "mri", "mri_t2", "pet")])
+def test_same_fusion_for_k_inputs(examples, names):
+    reference, compiled = _both(lambda: fuse([examples[n] for n in names]).image)
+    assert np.abs(reference - compiled).max() <= TOLERANCE
+
+
+def test_same_colour_fusion_and_contribution_map(examples):
+    mri, pet = read_image(example_path("mri")), read_image(example_path("pet_colour"))
+    reference, compiled = _both(lambda: fuse([mri.array, pet], contributions=True))
+    assert np.abs(reference.colour - compiled.colour).max() <= TOLERANCE
+    assert np.abs(reference.contributions - compiled.contributions).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("block_size", [16, 64])
+def test_same_fusion_in_block_mode(examples, block_size):
+    reference, compiled = _both(lambda: fuse([examples["ct"], examples["mri"]], block_size=block_size).image)
+    assert np.abs(reference - compiled).max() <= TOLERANCE
+
+
+def test_same_volume_fusion_with_several_slices_per_batch():
+    volumes = [read_image(example_path("ct_volume")), read_image(example_path("mri_volume"))]
+    reference, compiled = _both(lambda: fuse_volume(volumes, modalities=["CT", "MRI"], batch_size=5).array)
+    assert np.abs(reference - compiled).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (9, 300), (7, 5), (2, 3)])
+def test_same_fusion_on_odd_and_tiny_sizes(shape):
+    rng = np.random.default_rng(sum(shape))
+    images = [rng.random(shape).astype(np.float32) for _ in range(2)]
+    reference, compiled = _both(lambda: fuse(images).image)
+    assert np.abs(reference - compiled).max() <= TOLERANCE
+
+
+def test_pyramid_filters_are_bit_for_bit_pytorchs():
+    rng = np.random.default_rng(0)
+    for height in range(1, 12):
+        for width in (1, 2, 3, 4, 5, 8, 11):
+            x = torch.from_numpy(rng.random((2, 3, height, width), dtype=np.float32))
+            coarse = torch.from_numpy(rng.random((2, 3, (height + 1) // 2, (width + 1) // 2), dtype=np.float32))
+
+            def filters():
+                with inference_context():
+                    return (networks._separable_blur(x), networks.pyramid_reduce(x),
+                            networks.pyramid_expand(coarse, (height, width)))
+
+            for reference, compiled in zip(*_both(filters)):
+                assert torch.equal(reference, compiled), (height, width)
+
+
+def test_without_numba_pytorch_does_it_all(monkeypatch, examples):
+    monkeypatch.setattr(networks, "compiled_kernels", lambda: None)
+    with inference_context():
+        assert networks._kernels_for(torch.zeros(1, 1, 4, 4)) is None
+    fused = fuse([examples["ct"], examples["mri"]]).image
+    assert fused.shape == examples["ct"].shape and np.isfinite(fused).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU runs PyTorch's path anyway")
+def test_the_gpu_matches_the_compiled_cpu_path(examples):
+    cpu = fuse([examples["ct"], examples["mri"]], device="cpu").image
+    gpu = fuse([examples["ct"], examples["mri"]], device="cuda").image
+    assert np.abs(cpu - gpu).max() <= 1e-5
