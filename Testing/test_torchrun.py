@@ -71,3 +71,25 @@ def test_a_single_process_never_joins_a_group(monkeypatch, variable):
     assert not distributed.launched_by_torchrun()
     with distributed.process_group() as ranks:
         assert (ranks.rank, ranks.world_size, ranks.main) == (0, 1, True)
+
+
+def test_ctrl_c_ends_every_rank_and_no_model_is_written(tmp_path):
+    """Ctrl-C reaches torchrun's process group; every rank stops and nothing is written."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "MedFusionLib.cli",
+               "train", "--recipe", "smoke", "--iterations", "100000", "-o", str(tmp_path / "m.pt")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONIOENCODING": "utf-8"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    seen = b""
+    deadline = time.monotonic() + 120
+    while b"iteration" not in seen and time.monotonic() < deadline and process.poll() is None:
+        seen += process.stderr.read1(4096)  # rank 0's progress bar: training has started
+    assert b"iteration" in seen, seen[-2000:]
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the whole foreground group
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert list(tmp_path.iterdir()) == []
