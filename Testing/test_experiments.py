@@ -254,6 +254,11 @@ def test_block_size_study_fuses_in_block_mode(cases):
     assert rows[3]["SSIM"] == pytest.approx(expected["SSIM"], rel=1e-9)
     whole = evaluate(fuse(list(case.inputs)).image, list(case.inputs), case.target, ["RMSE"], data_range=(0, 1))
     assert rows[3]["RMSE"] != whole["RMSE"]  # block mode is not the whole-image pass
+    from MedFusionLib.metrics import block_grid_index  # the grid the blocks may leave, for every n
+
+    assert rows[3]["GRID"] == pytest.approx(block_grid_index(direct)) and all(r["GRID"] >= 1.0 for r in rows)
+    summary = {(r["n"], r["quantity"]) for r in result.tables["block_size_summary"]}
+    assert (8, "GRID") in summary and (2, "GRID") in summary
     with pytest.raises(InputError):
         block_size_study(cases[:1], (7,))  # 128 x 128 blocks do not fit 64 x 64 images
 

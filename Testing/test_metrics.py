@@ -726,3 +726,27 @@ def test_volume_scoring_refuses_bad_input_with_one_clear_error():
     constant = np.full_like(a, 3.0)
     scores = evaluate_volume(fused, [constant, constant], metrics=["QABF"])
     assert math.isnan(scores.metrics["QABF"]) and np.all(np.isnan(scores.slice_metrics["QABF"]))
+
+
+# ------------------------------------------------------------------ block-grid index (a diagnostic)
+
+
+def test_block_grid_index_finds_a_visible_block_grid_and_not_a_clean_fusion():
+    from MedFusionLib import fuse
+    from MedFusionLib.data.targets import phantom_cases
+    from MedFusionLib.metrics import block_grid_index
+
+    case = phantom_cases(1, (128, 128), [("CT", "MRI_T1")], seed=5)[0]
+    clean = fuse(list(case.inputs), "laplacian").image
+    # each 4 x 4 block lifted or lowered by about 5 grey levels: a grid one sees at 4x zoom
+    offsets = np.kron(np.random.default_rng(0).normal(0.0, 0.02, (32, 32)), np.ones((4, 4)))
+    assert block_grid_index(clean) < 1.1
+    assert block_grid_index(clean + offsets) > block_grid_index(clean) + 0.05
+    # a grid of period 8 too; orientation, brightness and contrast change nothing
+    offsets8 = np.kron(np.random.default_rng(1).normal(0.0, 0.02, (16, 16)), np.ones((8, 8)))
+    assert block_grid_index(clean + offsets8) > block_grid_index(clean) + 0.05
+    assert block_grid_index(clean.T) == pytest.approx(block_grid_index(clean))
+    assert block_grid_index(3 * clean + 1) == pytest.approx(block_grid_index(clean))
+    assert block_grid_index(np.full((16, 16), 0.3)) == 1.0
+    with pytest.raises(InputError):
+        block_grid_index(np.zeros((4, 4, 3)))

@@ -26,6 +26,8 @@ SECONDARY: dict[str, float] = {"gaussian": 0.05, "salt_and_pepper": 0.05, "speck
 DEFAULT_METHODS: tuple[str, ...] = ("default", *BASELINES)
 #: Column of the fusion wall time (seconds, fusion only: no loading, standardising or scoring).
 TIME_COLUMN = "time_s"
+#: The block-grid index of a fused image (:func:`MedFusionLib.metrics.block_grid_index`; lower is better).
+GRID_COLUMN = "GRID"
 #: All images of the studies are in [0, 1]; fixing the range keeps the 0-255 mapping identical
 #: for every method (evaluate's automatic rule could otherwise depend on the values).
 DATA_RANGE = (0.0, 1.0)
@@ -112,7 +114,7 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 def direction(quantity: str) -> str | None:
     """``HIGHER``/``LOWER`` for a rankable quantity; None for descriptive ones (MEAN) and unknown names."""
-    if quantity == TIME_COLUMN:
+    if quantity in (TIME_COLUMN, GRID_COLUMN):
         return LOWER
     info = METRICS.get(quantity)
     if info is None or info.direction not in (HIGHER, LOWER):
@@ -138,4 +140,4 @@ def ranks(values: Sequence[float], better: str | None) -> list[float | None]:
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Metric keys present in rows, in registry order, then the time column if present."""
     present = {k for row in rows for k in row}
-    return [k for k in METRICS if k in present] + ([TIME_COLUMN] if TIME_COLUMN in present else [])
+    return [k for k in METRICS if k in present] + [c for c in (GRID_COLUMN, TIME_COLUMN) if c in present]

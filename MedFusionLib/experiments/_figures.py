@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ..metrics import HIGHER, LOWER, METRICS  # noqa: E402
-from ._common import TIME_COLUMN, direction  # noqa: E402
+from ._common import GRID_COLUMN, TIME_COLUMN, direction  # noqa: E402
 
 Row = dict[str, Any]
 
@@ -28,6 +28,7 @@ UNITS: dict[str, str] = {
     "Q0": "index (-1..1)", "QW": "index (-1..1)", "QE": "index (-1..1)", "QABF": "index (0-1)",
     "SSIM_S": "sum of SSIM over sources", "VIF": "sum of VIF over sources", "RMSE": "grey level (0-255)",
     "PSNR": "dB", "SSIM": "index (-1..1)", "REL": "ratio", "CE": "bits", "H": "bits", TIME_COLUMN: "ms",
+    GRID_COLUMN: "ratio; 1 = no grid",
 }
 #: Factor from the tables' unit to the plotted one (times are stored in seconds, drawn in ms).
 SCALES: dict[str, float] = {TIME_COLUMN: 1000.0}
@@ -37,7 +38,8 @@ _SUFFIX = "_vs_undisturbed"
 def quantity_label(quantity: str) -> str:
     """``"Q^AB/F (index (0-1), higher is better)"``-style axis label."""
     base = quantity[: -len(_SUFFIX)] if quantity.endswith(_SUFFIX) else quantity
-    name = METRICS[base].label if base in METRICS else ("fusion time" if base == TIME_COLUMN else base)
+    name = METRICS[base].label if base in METRICS else {TIME_COLUMN: "fusion time", GRID_COLUMN: "block-grid index"}.get(
+        base, base)
     if quantity.endswith(_SUFFIX):
         name += " vs undisturbed fusion"
     better = direction(base)

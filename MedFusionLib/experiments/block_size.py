@@ -26,8 +26,9 @@ from ..data.targets import MODALITY_PAIRS
 from ..engine.blocks import validate_block_size
 from ..errors import InputError
 from ..fusion import Method
+from ..metrics import block_grid_index
 from ..progress import ProgressCallback
-from ._common import TIME_COLUMN, fuse_case, metric_columns, method_label, score, seed_everything, spread, \
+from ._common import GRID_COLUMN, TIME_COLUMN, fuse_case, metric_columns, method_label, score, seed_everything, spread, \
     warm_up
 from ._run import Row, RunFolder, StudyResult, no_progress, resolved_device
 from ._study import open_run
@@ -124,7 +125,8 @@ def block_size_study(
                 progress(step / steps, f"{label}: n = {n}, {case.name}")
                 result = fuse_case(case, method, block_size=n, device=device)
                 rows.append({"group": case.name, "pair": case.pair, "method": label, "i": i, "n": n,
-                             **score(result.image, case.inputs, case.target, metrics), TIME_COLUMN: result.seconds})
+                             **score(result.image, case.inputs, case.target, metrics),
+                             GRID_COLUMN: block_grid_index(result.image), TIME_COLUMN: result.seconds})
     progress(1.0, "done")
     columns = ["group", "pair", "method", "i", "n", *metric_columns(rows)]
     rows = [{c: row.get(c) for c in columns} for row in rows]

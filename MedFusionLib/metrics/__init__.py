@@ -43,6 +43,7 @@ from .evaluate import (
     table_to_csv,
 )
 from .fmi import feature_mutual_information, fmi_backend
+from .grid import block_grid_index
 from .information import (
     conditional_entropy,
     cross_entropy,
@@ -69,6 +70,7 @@ from .structural import ssim_to_sources, universal_quality_index, visual_informa
 from .volume import VolumeScores, evaluate_volume
 
 __all__ = [
+    "block_grid_index",
     "HIGHER", "LOWER", "METRICS", "NEUTRAL", "MetricInfo", "SCORE_MAX", "ScoredGroup", "VolumeScores",
     "average_gradient", "conditional_entropy", "cross_entropy", "default_metrics", "edge_dependent_quality_index",
     "energy_of_gradient", "entropy", "evaluate", "evaluate_volume", "feature_mutual_information", "fmi_backend", "format_table",
