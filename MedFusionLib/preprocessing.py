@@ -454,9 +454,11 @@ def register(
     - metric: Mattes mutual information with ``histogram_bins`` (50) bins, so
       the intensities of the two images need not correspond (CT vs MRI, MRI vs
       PET); evaluated on a random ``sampling_percentage`` (15 %) of the fixed
-      voxels with a fixed ``seed``, so a run is repeatable (the same samples
-      every time; multi-threaded sums may still round differently, which
-      was seen to move the result by ~1e-7 mm);
+      voxels with a fixed ``seed`` (the same samples every time); ITK's
+      multi-threaded sums still round differently from run to run, which
+      usually moves the result by far less than a voxel but can send the
+      optimiser to another nearby end point (seen: 0.02 vs 0.60 px on a
+      colour pair whose luminance is a non-linear remap of the other image);
     - initialisation: ``CenteredTransformInitializer`` in GEOMETRY mode (the
       centres of the two grids are aligned, rotation about the fixed centre),
       so images far apart in scanner coordinates still start overlapping;
