@@ -118,3 +118,23 @@ def test_the_gpu_matches_the_compiled_cpu_path(examples):
     cpu = fuse([examples["ct"], examples["mri"]], device="cpu").image
     gpu = fuse([examples["ct"], examples["mri"]], device="cuda").image
     assert np.abs(cpu - gpu).max() <= 1e-5
+
+
+def test_changed_weights_are_used_at_once(examples):
+    """No stale copy of the weights: a change made any way (even through .data) shows in the next fusion."""
+    from MedFusionLib.engine.model import FusionModel
+    from MedFusionLib.fusion import DEFAULT_MODEL_PATH
+
+    model = FusionModel.load(DEFAULT_MODEL_PATH)
+    pair = [examples["ct"], examples["mri"]]
+    before = fuse(pair, model).image
+    model.network.detail_head[2].bias.data += 5.0  # .data does not bump the version counter
+    model.network.base_head[0].weight.data *= 0.5
+    after_compiled = fuse(pair, model).image
+    networks.USE_KERNELS = False
+    try:
+        after_pytorch = fuse(pair, model).image
+    finally:
+        networks.USE_KERNELS = True
+    assert np.abs(after_compiled - before).max() > 1e-3
+    assert np.abs(after_compiled - after_pytorch).max() <= TOLERANCE

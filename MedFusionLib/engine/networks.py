@@ -61,8 +61,9 @@ def _kernels_for(*tensors: torch.Tensor) -> ModuleType | None:
     """
     if not USE_KERNELS or not torch.is_inference_mode_enabled():
         return None
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return None
+    for tensor in tensors:  # (a loop, not any(generator): this runs ~20 times per fusion)
+        if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+            return None
     return compiled_kernels()
 
 
@@ -291,18 +292,14 @@ class PyramidWeightCNN(nn.Module):
         return out
 
     def _head_arrays(self, head: nn.Sequential, n_terms: int) -> tuple:
-        """A head's weights as the kernel takes them, made once per weight version (not per call)."""
+        """A head's weights as the kernels take them: small contiguous float32 arrays (a few microseconds;
+        made at every call rather than cached, so a weight changed in any way is always the one used)."""
         first, _, second = head
-        key = (id(head), n_terms, *((p.data_ptr(), p._version) for p in head.parameters()))
-        cache = self.__dict__.setdefault("_head_cache", {})
-        if cache.get(id(head), (None,))[0] != key:
-            weight = first.weight.detach()[:, :, 0, 0]
-            width = self.width
-            arrays = tuple(part.contiguous().numpy().copy() for part in (
-                weight[:, :width], weight[:, width : 2 * width], weight[:, 2 * width : 2 * width + n_terms],
-                first.bias.detach(), second.weight.detach().reshape(-1)))
-            cache[id(head)] = (key, (*arrays, np.float32(second.bias.detach().item())))
-        return cache[id(head)][1]
+        weight = first.weight.detach().numpy()[:, :, 0, 0]
+        width = self.width
+        return (np.ascontiguousarray(weight[:, :width]), np.ascontiguousarray(weight[:, width : 2 * width]),
+                np.ascontiguousarray(weight[:, 2 * width : 2 * width + n_terms]), first.bias.detach().numpy(),
+                second.weight.detach().numpy().reshape(-1), np.float32(second.bias.detach().numpy()[0]))
 
     def fusion_weights(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The inputs' Laplacian pyramids and the per-level softmax weights, ``(B, K, h_l, w_l)`` each."""
