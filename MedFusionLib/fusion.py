@@ -85,14 +85,19 @@ class FusionResult:
     @property
     def array(self) -> np.ndarray:
         """The fused image as a NumPy array (a volume in SimpleITK's ``(z, y, x)`` order)."""
-        if isinstance(self.image, sitk.Image):
-            return sitk.GetArrayFromImage(self.image)
-        return self.image.array if isinstance(self.image, LoadedImage) else np.asarray(self.image)
+        return _as_array(self.image)
 
     @property
     def dimension(self) -> int:
         """2 for an image, 3 for a volume."""
         return self.array.ndim
+
+
+def _as_array(image: object) -> np.ndarray:
+    """The pixels of a result's image or map, whatever its kind (array, LoadedImage, SimpleITK.Image)."""
+    if isinstance(image, sitk.Image):
+        return sitk.GetArrayFromImage(image)
+    return image.array if isinstance(image, LoadedImage) else np.asarray(image)
 
 
 #: :func:`fuse_files`' result had its own type before the API was unified; the name stays for one release.
@@ -299,7 +304,7 @@ def fuse(
     torch_device = resolve_device(device)  # checked for baselines too: a wrong device is a mistake
     if not isinstance(method, FusionModel) and (block_size is not None or stride is not None):
         raise InputError(f"block_size/stride: {method_name(method)} fuses whole images; blocks apply to learned models")
-    _check_contributions(method, contributions)
+    check_contributions(method, contributions)
     start = time.perf_counter()
     shares = None
     if isinstance(method, FusionModel):
@@ -318,15 +323,19 @@ def fuse(
     return FusionResult(fused, colour, seconds, method_name(method), contributions=shares)
 
 
-def _check_contributions(method: FusionModel | FusionBaseline, contributions: bool) -> None:
-    """Refuse a contribution map before the work where the method has none."""
+def check_contributions(method: FusionModel | FusionBaseline, contributions: object,
+                        name: str = "contributions") -> None:
+    """Refuse a contribution map before the work where the method has none (see
+    :meth:`FusionModel.check_contributions`), and anything but True or False as the switch.
+
+    :param method: a resolved method.
+    :param contributions: the switch as given.
+    :param name: how messages name the switch.
+    """
     if not isinstance(contributions, bool):
-        raise InputError(f"contributions: expected True or False, got {contributions!r}")
-    if contributions and isinstance(method, FusionModel) and method.family != "cnn":
-        raise InputError(
-            f"contributions: the {method_name(method)} predicts fused values, not weights of its inputs, "
-            "so it has no contribution map; use the default model or a baseline"
-        )
+        raise InputError(f"{name}: expected True or False, got {contributions!r}")
+    if contributions and isinstance(method, FusionModel):
+        method.check_contributions()
 
 
 def fuse_volume(
@@ -400,7 +409,7 @@ def fuse_volume(
                     "register/resample it onto source A's grid first (medfusion fuse --register)"
                 )
     _check_inputs_fit(method, len(loaded))
-    _check_contributions(method, contributions)
+    check_contributions(method, contributions)
     standardised = np.stack(
         [
             to_unit_range(v.array, modalities[i] if modalities else None, f"volume {source_name(i)}")
@@ -545,12 +554,12 @@ def contribution_image(result: FusionResult, reference: LoadedImage) -> sitk.Ima
         raise InputError("contributions: this result was computed without contributions=True")
     maps = result.contributions
     if not isinstance(maps, np.ndarray):  # volumes: one image per input
-        maps = np.stack([m.array if isinstance(m, LoadedImage) else sitk.GetArrayFromImage(m) for m in maps])
+        maps = np.stack([_as_array(m) for m in maps])
     image = sitk.GetImageFromArray(np.moveaxis(maps.astype(np.float32), 0, -1), isVector=True)
-    geometry = reference.to_sitk()
-    image.SetSpacing(geometry.GetSpacing())
-    image.SetOrigin(geometry.GetOrigin())
-    image.SetDirection(geometry.GetDirection())
+    # The reference's geometry itself (not a SimpleITK copy of all its pixels made to read it back).
+    image.SetSpacing(tuple(float(v) for v in reference.spacing))
+    image.SetOrigin(tuple(float(v) for v in reference.origin))
+    image.SetDirection(tuple(float(v) for v in reference.direction))
     return image
 
 

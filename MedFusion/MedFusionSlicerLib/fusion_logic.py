@@ -197,11 +197,9 @@ class FusionLogic:
             raise InputError(f"plot metrics: unknown {unknown_plot}; choose from {list(METRICS)}")
 
         resolved = checks.load_method(method)
-        if not isinstance(computeContributions, bool):
-            raise InputError(f"computeContributions: expected True or False, got {computeContributions!r}")
-        if computeContributions and getattr(resolved, "family", "cnn") != "cnn":
-            raise InputError("contributions: the DBM model predicts fused values, not weights of its inputs, so it "
-                             "has no contribution map; use the default model or a baseline")
+        from MedFusionLib.fusion import check_contributions  # loaded with the method (torch) by load_method above
+
+        check_contributions(resolved, computeContributions, "computeContributions")
         device = checks.resolve_device(device)
         parent_transform_id = checks.common_parent_transform_id(
             [*nodes, *([targetVolumeNode] if targetVolumeNode else [])])

@@ -118,6 +118,17 @@ class FusionModel:
         """Whether the model can fuse ``count`` inputs: the CNN's shared weights take any K >= 2."""
         return count == self.n_inputs or (self.family == "cnn" and count >= 2)
 
+    def check_contributions(self) -> None:
+        """Refuse a contribution map where the model has none: the DBM predicts fused values, not weights of its inputs.
+
+        :raises InputError: the model is not a CNN.
+        """
+        if self.family != "cnn":
+            raise InputError(
+                f"contributions: the {self.family} model predicts fused values, not weights of its inputs, "
+                "so it has no contribution map; use the default (CNN) model or a baseline"
+            )
+
     def __repr__(self) -> str:
         return f"FusionModel(family={self.family!r}, n_inputs={self.n_inputs}, block_size={self.block_size})"
 
@@ -154,11 +165,8 @@ class FusionModel:
             raise InputError(f"inputs: expected a (batch, images, height, width) tensor, got shape {tuple(inputs.shape)}")
         if not self.accepts(inputs.shape[1]):
             raise InputError(f"inputs: this model fuses {self.n_inputs} images, got {inputs.shape[1]}")
-        if contributions and self.family != "cnn":
-            raise InputError(
-                f"contributions: the {self.family} model predicts fused values, not weights of its inputs, "
-                "so it has no contribution map; use the CNN model or a baseline"
-            )
+        if contributions:
+            self.check_contributions()
         if self.family == "dbm":
             if block_size not in (None, self.block_size):
                 raise InputError(
