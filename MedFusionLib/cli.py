@@ -17,7 +17,7 @@ from typing import Sequence
 
 
 from . import __version__
-from .errors import Cancelled, MedFusionError
+from .errors import Cancelled, MedFusionError, first_line
 from .progress import ProgressBar
 
 EXIT_INPUT_ERROR = 2
@@ -347,8 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MedFusionError, ValueError, OSError) as error:
         if args.debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"medfusion: error: {message}", file=sys.stderr)
+        print(f"medfusion: error: {first_line(error)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
 
 

@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, first_line
 from .progress import CancelFlag
 from .validation import check_int
 
@@ -89,8 +89,7 @@ def _client(address: str) -> Iterator[Any]:
     try:
         client = distributed.Client(address, timeout="20s", set_as_default=False)
     except (OSError, TimeoutError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"scheduler {address}: cannot connect ({first})") from None
+        raise InputError(f"scheduler {address}: cannot connect ({first_line(error)})") from None
     try:
         yield client
     finally:

@@ -16,3 +16,9 @@ class InputError(MedFusionError, ValueError):
 
 class Cancelled(MedFusionError):
     """A long operation stopped because its cancel flag was set; nothing partial was kept."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (libraries raise multi-line ones), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..validation import check_int
 from .blocks import default_stride, fuse_blockwise, validate_block_size, validate_stride
 from .devices import inference_context, resolve_device
@@ -267,9 +267,8 @@ class FusionModel:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise InputError(
-                f"model {path}: not a readable MedFusion model file ({first_line[:200]})"
+                f"model {path}: not a readable MedFusion model file ({first_line(error)[:200]})"
             ) from None
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             raise InputError(f"model {path}: not a MedFusion model file (no '{MODEL_FORMAT}' tag)")
