@@ -75,13 +75,10 @@ def _separable_blur(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     kernels are tuned for many channels), and the same on GPUs. On the CPU at
     inference, one compiled pass does the same arithmetic (:func:`._kernels.blur`).
     """
+    compiled = _compiled_filter("blur", x, tuple(x.shape[-2:]), scale)
+    if compiled is not None:
+        return compiled
     mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"  # reflect needs 3+ pixels
-    kernels = _kernels_for(x)
-    if kernels is not None:
-        planes = x.contiguous().view(-1, *x.shape[-2:])
-        out = torch.empty_like(planes)
-        kernels.blur(planes.numpy(), out.numpy(), *_TAPS[scale], mode == "replicate")
-        return out.view(x.shape)
     padded = F.pad(x, (2, 2, 2, 2), mode=mode)
     w0, w1, w2 = (t * scale / 16.0 for t in _BINOMIAL[:3])
     rows = w0 * (padded[..., :-4, :] + padded[..., 4:, :]) + w1 * (padded[..., 1:-3, :] + padded[..., 3:-1, :])
@@ -90,29 +87,31 @@ def _separable_blur(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return out + w2 * rows[..., 2:-2]
 
 
-def _compiled_resample(kernel_name: str, x: torch.Tensor, size: tuple[int, int], scale: float,
-                       mode_size: tuple[int, int]) -> torch.Tensor | None:
-    """A compiled REDUCE or EXPAND (:mod:`._kernels`) where :func:`_kernels_for` allows one, else None."""
+def _compiled_filter(kernel_name: str, x: torch.Tensor, size: tuple[int, int], scale: float) -> torch.Tensor | None:
+    """A compiled blur, REDUCE or EXPAND (:mod:`._kernels`) to ``size``, where :func:`_kernels_for` allows
+    one, else None. The borders replicate, as in PyTorch's path, when the finer of the two grids (the
+    one the blur runs on) has a side under 3 pixels."""
     kernels = _kernels_for(x)
     if kernels is None:
         return None
+    replicate = min(max(a, b) for a, b in zip(x.shape[-2:], size)) <= 2
     planes = x.contiguous().view(-1, *x.shape[-2:])
     out = planes.new_empty((planes.shape[0], *size))
-    getattr(kernels, kernel_name)(planes.numpy(), out.numpy(), *_TAPS[scale], min(mode_size) <= 2)
+    getattr(kernels, kernel_name)(planes.numpy(), out.numpy(), *_TAPS[scale], replicate)
     return out.view(*x.shape[:-2], *size)
 
 
 def pyramid_reduce(x: torch.Tensor) -> torch.Tensor:
     """Blur and keep every second row and column (a side of n becomes ceil(n / 2))."""
     height, width = x.shape[-2:]
-    compiled = _compiled_resample("reduce", x, ((height + 1) // 2, (width + 1) // 2), 1.0, (height, width))
+    compiled = _compiled_filter("reduce", x, ((height + 1) // 2, (width + 1) // 2), 1.0)
     return compiled if compiled is not None else _separable_blur(x)[..., ::2, ::2]
 
 
 def pyramid_expand(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Zero-insert up to ``size`` and blur with twice the kernel per axis (keeps a constant constant)."""
     size = (int(size[0]), int(size[1]))
-    compiled = _compiled_resample("expand", x, size, 2.0, size)
+    compiled = _compiled_filter("expand", x, size, 2.0)
     if compiled is not None:
         return compiled
     up = x.new_zeros((*x.shape[:-2], *size))
