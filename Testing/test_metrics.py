@@ -605,6 +605,32 @@ def test_compiled_results_do_not_depend_on_the_number_of_threads():
     assert shared == pytest.approx(evaluate(big[0], big[1:3], big[3], backend="numpy"), rel=1e-9, abs=1e-12)
 
 
+def test_compiled_logarithm_is_fdlibms_to_one_ulp_and_takes_every_input():
+    """The kernels' vectorised log (fdlibm's) against NumPy's, over the whole normal range."""
+    _needs_numba()
+    from MedFusionLib.metrics import _group
+
+    kernels = _group.compiled_kernels()
+    rng = np.random.default_rng(3)
+    normal = np.concatenate([
+        np.exp(rng.uniform(-708, 709, 200_000)),
+        rng.uniform(0.5, 2.0, 50_000),  # around the reduction's sqrt(2) boundary and 1
+        [1.0, 2.0, 0.5, np.sqrt(2), np.nextafter(np.sqrt(2), 0), np.sqrt(0.5), 1 - 2**-53, 1 + 2**-52,
+         np.finfo(float).tiny, np.finfo(float).max, 1e-300, 255.0, 1 / 9],
+    ])
+    values = normal.copy()
+    kernels.log_in_place(values, np.empty((2, values.size), np.int64))
+    reference = np.log(normal)
+    assert np.all(np.abs(values - reference) <= np.spacing(np.abs(reference)))  # within 1 ulp
+    assert values[normal == 1.0][0] == 0.0
+    # What the reduction cannot take goes to the C library, value by value.
+    unusual = np.array([[0.0, -1.0, np.inf], [np.nan, 5e-324, np.e]])
+    logs = unusual.copy()
+    kernels.log_in_place(logs, np.empty((2, logs.size), np.int64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.testing.assert_allclose(logs, np.log(unusual), rtol=1e-15)
+
+
 def test_numpy_backend_is_used_without_numba(monkeypatch):
     import MedFusionLib.metrics._group as group_module
     from MedFusionLib.metrics import ScoredGroup, fmi_backend, metrics_backend

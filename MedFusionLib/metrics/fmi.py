@@ -202,17 +202,23 @@ def _compiled_window_sums(kernels, features: tuple[np.ndarray, ...], size: tuple
 
 
 def _block_buffers(count: int, length: int, windows: int) -> tuple[np.ndarray, ...]:
-    """Scratch of one block of ``windows`` windows: pdf, CDF, log pdf, stats; joint, log joint, base, total, same."""
+    """Scratch of one block of ``windows`` windows.
+
+    pdf, CDF, log pdf, stats; joint, log joint, base, total, same; the logarithm's
+    scratch. The arrays whose logarithms are taken start as ones: the logarithm runs
+    over whole arrays, and a last, partial block leaves their tails as they were.
+    """
     return (
         np.empty((count, length, windows)),
         np.empty((count, length, windows)),
-        np.empty((count, length, windows)),
+        np.ones((count, length, windows)),
         np.empty((count, 4, windows)),
         np.empty((count - 1, windows, 2 * length + 1)),
-        np.empty((count - 1, windows, 2 * length + 1)),
+        np.ones((count - 1, windows, 2 * length + 1)),
         np.empty((count - 1, windows)),
         np.empty((count - 1, windows)),
         np.empty((count - 1, windows), dtype=bool),
+        np.empty((2, max(count, 2 * (count - 1)) * length * windows + (count - 1) * windows), dtype=np.int64),
     )
 
 
@@ -220,19 +226,19 @@ def _compiled_rows(kernels, features, size, first_row: int, end_row: int, rows: 
     """Window-score sums per source for the windows whose top row is in ``[first_row, end_row)``.
 
     Blocks of ``rows`` window rows at a time: the compiled kernels fill ``buffers``
-    (see :func:`_block_buffers`) and NumPy takes the logarithms in between.
+    (see :func:`_block_buffers`), taking the logarithms in bulk in between.
     """
-    pdf, cdf, log_pdf, stats, joint, log_joint, base, total, same = buffers
+    pdf, cdf, log_pdf, stats, joint, log_joint, base, total, same, log_scratch = buffers
     out_cols = features[0].shape[1] - size[1] + 1
     sums = np.zeros(len(features) - 1)
     for r0 in range(first_row, end_row, rows):
         r1 = min(r0 + rows, end_row)
         used = (r1 - r0) * out_cols
         kernels.fmi_windows(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats)
-        np.log(log_pdf[..., :used], out=log_pdf[..., :used])
+        kernels.log_in_place(log_pdf, log_scratch)
         kernels.fmi_pairs(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats,
                           joint, log_joint, base, total, same)
-        np.log(log_joint[:, :used], out=log_joint[:, :used])
+        kernels.log_in_place(log_joint, log_scratch)
         kernels.fmi_scores(joint, log_joint, base, total, same, used, sums)
     return sums
 
