@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_method_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("-m", "--method", default="default",
-                       help="'default' (shipped model), a model file (.pt), or a baseline: "
+                       help="'default' (shipped CNN), 'dbm' (shipped DBM), a model file (.pt), or a baseline: "
                             "average, maximum, laplacian, guided_filter, wavelet (default: default)")
         p.add_argument("--block-size", type=int, default=None, help="fuse overlapping n x n blocks (n = 2^i)")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

@@ -47,6 +47,9 @@ from .validation import check_int, source_name
 
 #: The shipped default model (trained by ``medfusion train --recipe default``; see the README).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default_cnn.pt"
+#: The shipped models by the name ``method`` takes: the default CNN and paper 000's DBM
+#: (``medfusion train --recipe dbm``), so both papers' systems fuse without training first.
+SHIPPED_MODELS = {"default": DEFAULT_MODEL_PATH, "dbm": DEFAULT_MODEL_PATH.with_name("dbm.pt")}
 
 Method = Union[str, Path, FusionModel, FusionBaseline]
 
@@ -108,7 +111,8 @@ _MODEL_CACHE: dict[tuple[str, float], FusionModel] = {}
 
 
 def load_method(method: Method = "default") -> FusionModel | FusionBaseline:
-    """Resolve ``method``: ``"default"``, a baseline name, a model path, a model or a baseline.
+    """Resolve ``method``: a shipped model's name (``"default"``, ``"dbm"``), a baseline name, a model
+    path, a model or a baseline.
 
     :param method: what to fuse with.
     """
@@ -116,15 +120,16 @@ def load_method(method: Method = "default") -> FusionModel | FusionBaseline:
         return method
     if isinstance(method, str) and method.strip().lower() in BASELINES:
         return get_baseline(method)
-    if isinstance(method, str) and method.strip().lower() == "default":
-        path = DEFAULT_MODEL_PATH
+    if isinstance(method, str) and method.strip().lower() in SHIPPED_MODELS:
+        path = SHIPPED_MODELS[method.strip().lower()]
         if not path.is_file():
-            raise InputError(f"the default model file is missing from the installation ({path})")
+            raise InputError(f"the {method.strip().lower()!r} model file is missing from the installation ({path})")
     else:
         path = Path(method)
         if not path.exists() and not path.suffix:
             raise InputError(
-                f"method {method!r}: not a model file, 'default', or a baseline ({', '.join(sorted(BASELINES))})"
+                f"method {method!r}: not a model file, a shipped model ({', '.join(SHIPPED_MODELS)}), "
+                f"or a baseline ({', '.join(sorted(BASELINES))})"
             )
     key = (str(path.resolve()), path.stat().st_mtime if path.exists() else 0.0)
     if key not in _MODEL_CACHE:

@@ -41,16 +41,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         "modalities": ["CT or MRI", "MRI, PET or SPECT"],
     },
     "dbm": {
-        "description": "A DBM model (stacked RBMs, CD-1 pre-training, supervised fine-tuning) on the same data.",
+        "description": "The shipped DBM model (paper 000): stacked RBMs pre-trained by CD-1 on 8x8 blocks, "
+                       "fine-tuned to score the inputs' pyramid levels block by block.",
         "family": "dbm",
         "n_inputs": 2,
         "block_size": 8,
-        "network": {"layer_sizes": (256, 128)},
+        "network": {"layer_sizes": (128, 64), "predicts": "weights", "levels": 4},
         "data": {"count_per_pair": 6, "shape": (256, 256), "pairs": MODALITY_PAIRS, "seed": 0},
         "training": TrainingConfig(
-            iterations=6000, batch_size=64, learning_rate=1e-3, gradient_weight=0.5,
-            validation_every=100, validation_blocks=1024, patience=20, seed=0, device="cpu",
-            pretrain_epochs=5, pretrain_blocks=20000,
+            iterations=3000, batch_size=16, learning_rate=3e-3, gradient_weight=0.5, structure_weight=0.25,
+            validation_every=100, validation_blocks=128, patience=20, seed=0, device="cpu",
+            pretrain_epochs=5, pretrain_blocks=20000, patch_size=64,
         ),
         "modalities": ["CT or MRI", "MRI, PET or SPECT"],
     },

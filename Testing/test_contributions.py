@@ -78,10 +78,13 @@ def test_three_inputs_and_block_mode(pair):
     np.testing.assert_array_equal(blocks.image, fuse(pair, block_size=16).image)
 
 
-def test_the_dbm_has_no_map_and_says_why(pair):
-    dbm = FusionModel.create("dbm", block_size=8, layer_sizes=(16,), seed=0)
+def test_the_shipped_dbm_has_a_map_and_one_of_the_first_form_says_why_not(pair):
+    shipped = fuse(pair, "dbm", contributions=True)  # it weights its inputs' pyramid levels
+    _check_shares(shipped.contributions, 2, pair[0].shape)
+    np.testing.assert_array_equal(shipped.image, fuse(pair, "dbm").image)
+    first_form = FusionModel.create("dbm", block_size=8, layer_sizes=(16,), seed=0, predicts="values")
     with pytest.raises(InputError, match="predicts fused values, not weights"):
-        fuse(pair, dbm, contributions=True)
+        fuse(pair, first_form, contributions=True)
     with pytest.raises(InputError, match="True or False"):
         fuse(pair, "average", contributions="yes")
 

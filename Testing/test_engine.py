@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import threading
 
@@ -20,7 +21,7 @@ from MedFusionLib.engine.networks import (
     max_levels,
 )
 from MedFusionLib.engine.rbm import TrainingCancelled
-from MedFusionLib.engine.training import Triplet, TripletDataset, TrainingConfig, fusion_loss
+from MedFusionLib.engine.training import Triplet, TripletDataset, TrainingConfig, fusion_loss, training_patch_size
 from MedFusionLib.errors import InputError
 
 
@@ -106,10 +107,79 @@ def test_model_files_without_the_clamp_option_load_with_it_off(tmp_path):
     assert load_method("default").network.clamp_to_inputs is True
 
 
-def test_dbm_network_starts_from_the_average():
-    network = BlockDBMNet(n_inputs=2, block_size=4, layer_sizes=(16, 8))
+def test_dbm_files_of_the_first_form_load_as_such_and_fuse_blocks(tmp_path):
+    # DBM files written before the weights form existed have no "predicts": they predict fused blocks.
+    first = FusionModel.create("dbm", 2, 8, layer_sizes=(16,), seed=0, predicts="values")
+    path = first.save(tmp_path / "old_dbm.pt")
+    payload = torch.load(path, weights_only=True)
+    info = json.loads(payload["info"])
+    del info["config"]["predicts"], info["config"]["levels"]
+    payload["info"] = json.dumps(info)
+    torch.save(payload, path)
+    loaded = FusionModel.load(path)
+    assert loaded.network.predicts == "values" and not loaded.network.has_contributions
+    image = np.random.default_rng(0).random((24, 24)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.fuse([image, image[::-1]]), first.fuse([image, image[::-1]]))
+    with pytest.raises(ValueError, match="predicts"):
+        BlockDBMNet(predicts="pixels")
+
+
+def test_dbm_of_the_first_form_starts_from_the_average():
+    network = BlockDBMNet(n_inputs=2, block_size=4, layer_sizes=(16, 8), predicts="values")
     blocks = torch.rand(5, 2, 4, 4)
     assert torch.allclose(network(blocks), blocks.mean(dim=1, keepdim=True))
+    assert not network.has_contributions
+
+
+def _randomise_head(network: BlockDBMNet, seed: int = 0) -> None:
+    """Give the (zero-initialised) head random weights, as fine-tuning would: block scores that differ."""
+    generator = torch.Generator().manual_seed(seed)
+    head = network.body[-1]
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 3.0)
+        head.bias.copy_(torch.randn(head.bias.shape, generator=generator))
+
+
+def test_weights_dbm_blends_its_inputs_and_scores_blocks_on_their_centres():
+    """The DBM of the shipped recipe: block scores between block centres, a convex mix of its inputs."""
+    network = BlockDBMNet(n_inputs=2, block_size=8, layer_sizes=(16, 8)).eval()
+    assert network.predicts == "weights" and network.has_contributions
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((2, 2, 37, 50), dtype=np.float32))
+    _randomise_head(network)
+    with torch.no_grad():
+        grid = network.block_scores(x)
+        # Blocks of 8 at stride 4: one score set per 4 x 4 cell, (levels + 1) x K scores each.
+        assert grid.shape == (2, (network.levels + 1) * 2, 10, 13)
+        # Block (i, j) is the image's 8 x 8 window centred on pixel ((i + 1/2) 4, (j + 1/2) 4).
+        window = x[:1, :, 4 * 3 + 2 - 4 : 4 * 3 + 2 + 4, 4 * 5 + 2 - 4 : 4 * 5 + 2 + 4].reshape(1, -1)
+        torch.testing.assert_close(grid[0, :, 3, 5], network.body(window)[0])
+        fused, shares = network.fuse_with_contributions(x)
+        assert fused.shape == (2, 1, 37, 50)
+        assert bool((fused >= x.amin(dim=1, keepdim=True) - 1e-6).all() and (fused <= x.amax(dim=1, keepdim=True) + 1e-6).all())
+        torch.testing.assert_close(shares.sum(dim=1), torch.ones(2, 37, 50))
+        same = torch.stack([x[:, 0], x[:, 0]], dim=1)  # equal inputs: the fusion gives them back
+        torch.testing.assert_close(network(same), x[:, :1], atol=1e-5, rtol=0)
+        tiny = torch.rand(1, 2, 5, 3)  # smaller than a block: mirrored up to one
+        assert network(tiny).shape == (1, 1, 5, 3)
+
+
+def test_weights_dbm_leaves_no_block_grid_even_with_scores_that_differ_block_to_block():
+    """The scores are interpolated between block centres, so no step sits on a block border: the fused
+    phantoms show no more block grid than the Laplacian pyramid's, whatever the head says (here: random)."""
+    from MedFusionLib import fuse
+    from MedFusionLib.data.targets import MODALITY_PAIRS, phantom_cases
+    from MedFusionLib.metrics import block_grid_index
+
+    model = FusionModel.create("dbm", 2, 8, layer_sizes=(32, 16), seed=0)
+    _randomise_head(model.network)
+    model.network.activity_power.data.zero_()  # the blocks' scores alone decide
+    cases = phantom_cases(1, (96, 96), MODALITY_PAIRS[:3], seed=900)
+
+    def grid(method) -> float:
+        return float(np.mean([block_grid_index(fuse(list(c.inputs), method).image) for c in cases]))
+
+    assert grid(model) <= grid("laplacian") + 0.03
 
 
 # ------------------------------------------------------------------ model API
@@ -267,11 +337,14 @@ def test_small_block_steps(dataset, monkeypatch, family, fraction):
     monkeypatch.setattr(TripletDataset, "sample_blocks", recording)
     kwargs = {"layer_sizes": (32, 16)} if family == "dbm" else {"width": 4, "hidden": 4}
     model = FusionModel.create(family, 2, 16 if family == "cnn" else 4, seed=0, **kwargs)
+    # The CNN's steps are its block size; the DBM's, patches several of its blocks wide.
+    patch = 16 if family == "cnn" else training_patch_size(model, TrainingConfig(), dataset)
+    assert patch == (16 if family == "cnn" else min(64, 1 << (dataset.min_side().bit_length() - 1)))
     config = TrainingConfig(iterations=60, validation_every=30, seed=1, small_block_fraction=fraction,
                             pretrain_epochs=1, pretrain_blocks=64)
     history = model.fit(dataset, config)
     steps = sizes[-60:]  # validation and pre-training samples come first
-    small = [i for i, n in enumerate(steps, start=1) if n != model.block_size]
+    small = [i for i, n in enumerate(steps, start=1) if n != patch]
     assert history.small_block_iterations == small  # recorded, so curves can leave them out
     iterations, losses = history.full_size_losses()
     assert iterations == [i for i in range(1, 61) if i not in small] and len(losses) == len(iterations)
@@ -279,7 +352,17 @@ def test_small_block_steps(dataset, monkeypatch, family, fraction):
         assert set(steps) - {16} and set(steps) <= {2, 4, 8, 16}
         assert 10 < steps.count(16) < 50
     else:
-        assert set(steps) == {model.block_size} and not small
+        assert set(steps) == {patch} and not small
+
+
+def test_training_patch_size_is_checked_and_used(dataset):
+    model = FusionModel.create("dbm", 2, 4, layer_sizes=(16,), seed=0)
+    for bad in (0, 24, 2.0, "8"):
+        with pytest.raises(InputError, match="patch_size"):
+            model.fit(dataset, TrainingConfig(iterations=2, patch_size=bad))
+    assert training_patch_size(model, TrainingConfig(patch_size=8), dataset) == 8
+    values = FusionModel.create("dbm", 2, 4, layer_sizes=(16,), predicts="values")
+    assert training_patch_size(values, TrainingConfig(), dataset) == 4  # the first form learns whole blocks
 
 
 def test_small_block_fraction_is_checked(dataset):
@@ -355,6 +438,31 @@ def test_fusion_loss_terms():
     assert fusion_loss(ramp, torch.zeros_like(ramp), 0.5).item() > fusion_loss(ramp, torch.zeros_like(ramp), 0.0).item()
 
 
+def test_fusion_loss_structure_term_scores_the_prediction_against_its_sources():
+    from pytorch_msssim import ssim
+
+    rng = np.random.default_rng(1)
+    inputs = torch.from_numpy(rng.random((3, 2, 16, 16), dtype=np.float32))
+    target = inputs.mean(dim=1, keepdim=True)
+    prediction = (target + 0.05 * torch.from_numpy(rng.standard_normal((3, 1, 16, 16), dtype=np.float32))).requires_grad_()
+    plain = fusion_loss(prediction, target, 0.5)
+    with_structure = fusion_loss(prediction, target, 0.5, inputs, structure_weight=0.3)
+    expected = 1 - (ssim(prediction, inputs[:, :1], data_range=1.0) + ssim(prediction, inputs[:, 1:], data_range=1.0)) / 2
+    assert with_structure.item() == pytest.approx(plain.item() + 0.3 * expected.item(), rel=1e-5)
+    with_structure.backward()
+    assert prediction.grad is not None and bool(prediction.grad.abs().sum() > 0)
+    # A prediction equal to both (equal) sources loses nothing to the term; blocks under the window have none.
+    same = inputs[:, :1].expand(-1, 2, -1, -1)
+    assert fusion_loss(same[:, :1], same[:, :1], 0.5, same, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    small = inputs[..., :8, :8]
+    assert fusion_loss(small[:, :1], target[..., :8, :8], 0.5, small, 1.0).item() == pytest.approx(
+        fusion_loss(small[:, :1], target[..., :8, :8], 0.5).item())
+    with pytest.raises(InputError, match="structure_weight"):
+        FusionModel.create("cnn", 2, 8).fit(TripletDataset([Triplet([np.zeros((8, 8), np.float32)] * 2,
+                                                                    np.zeros((8, 8), np.float32))]),
+                                            TrainingConfig(iterations=1, structure_weight=-1.0))
+
+
 def test_banded_scoring_equals_whole_map_scoring(monkeypatch):
     torch.manual_seed(4)
     network = PyramidWeightCNN(n_inputs=3, width=6, hidden=5).double().eval()
@@ -394,16 +502,19 @@ def test_training_reports_and_cancels_between_validations(dataset):
     assert all(torch.equal(before[k], v) for k, v in model.network.state_dict().items())
 
 
-def test_the_dbm_joins_its_blocks_without_a_grid(monkeypatch):
-    """The DBM's blocks are blended with a Hann window: its fusions show no more block grid than the
-    Laplacian pyramid's (issue: a plain average left a grid at the block stride)."""
+def test_the_first_form_dbm_joins_its_blocks_without_a_grid(monkeypatch):
+    """A DBM that predicts fused blocks (the first form, still loadable) has them blended with a Hann
+    window: its fusions show no more block grid than the Laplacian pyramid's (issue: a plain average
+    left a grid at the block stride)."""
     import MedFusionLib.engine.model as model_module
     from MedFusionLib import fuse
     from MedFusionLib.data.targets import MODALITY_PAIRS, phantom_cases
     from MedFusionLib.metrics import block_grid_index
     from MedFusionLib.recipes import recipe, train_recipe
 
-    spec = recipe("dbm")  # the shipped recipe, cut to seconds
+    spec = recipe("dbm")  # the shipped recipe's data, the first form's network and training, cut to seconds
+    spec["network"] = {"layer_sizes": (256, 128), "predicts": "values"}
+    spec["training"].patch_size, spec["training"].batch_size, spec["training"].learning_rate = None, 64, 1e-3
     spec["training"].iterations, spec["training"].pretrain_blocks, spec["training"].pretrain_epochs = 400, 3000, 1
     spec["data"].update(count_per_pair=2, shape=(128, 128))
     dbm, _ = train_recipe(spec)

@@ -53,7 +53,7 @@ from MedFusionLib.experiments.paper_tables import PAPER_TABLES, paper_metrics
 from MedFusionLib.experiments.perturbation import KINDS, noise_generator
 from MedFusionLib.experiments.repeat_training import repeat_trainings, weights_digest
 from MedFusionLib.fusion import fuse
-from MedFusionLib.metrics import HIGHER, LOWER, METRICS, evaluate
+from MedFusionLib.metrics import HIGHER, LOWER, METRICS, block_grid_index, evaluate
 from MedFusionLib.recipes import recipe, train_recipe
 
 
@@ -244,8 +244,12 @@ def test_noise_is_seeded(cases):
 
 def test_block_size_study_fuses_in_block_mode(cases):
     result = block_size_study(cases[:2], (1, 3), model="default")
-    rows = result.tables["block_size_rows"]
+    rows = [r for r in result.tables["block_size_rows"] if r["method"] == "default (block mode)"]
     assert [(r["i"], r["n"]) for r in rows] == [(1, 2), (1, 2), (3, 8), (3, 8)]
+    # the shipped DBM beside it, at the one n it fuses with (8), with its block-grid index
+    dbm_rows = [r for r in result.tables["block_size_rows"] if r["method"] == "dbm (its own n)"]
+    assert [(r["n"], r["group"]) for r in dbm_rows] == [(8, cases[0].name), (8, cases[1].name)]
+    assert dbm_rows[1]["GRID"] == pytest.approx(block_grid_index(fuse(list(cases[1].inputs), "dbm").image))
     assert {"RMSE", "EN", "MEAN", "GRAD", "REL", "SSIM", "QABF", "time_s"} <= set(rows[0])
     case = cases[1]
     direct = fuse(list(case.inputs), block_size=8).image
@@ -254,20 +258,29 @@ def test_block_size_study_fuses_in_block_mode(cases):
     assert rows[3]["SSIM"] == pytest.approx(expected["SSIM"], rel=1e-9)
     whole = evaluate(fuse(list(case.inputs)).image, list(case.inputs), case.target, ["RMSE"], data_range=(0, 1))
     assert rows[3]["RMSE"] != whole["RMSE"]  # block mode is not the whole-image pass
-    from MedFusionLib.metrics import block_grid_index  # the grid the blocks may leave, for every n
-
     assert rows[3]["GRID"] == pytest.approx(block_grid_index(direct)) and all(r["GRID"] >= 1.0 for r in rows)
     summary = {(r["n"], r["quantity"]) for r in result.tables["block_size_summary"]}
     assert (8, "GRID") in summary and (2, "GRID") in summary
     with pytest.raises(InputError):
         block_size_study(cases[:1], (7,))  # 128 x 128 blocks do not fit 64 x 64 images
+    with pytest.raises(InputError, match="include i = 3"):
+        block_size_study(cases[:1], (1, 2), model="dbm")  # the DBM fuses with its own blocks only
+    only = block_size_study(cases[:1], (1, 3), model="dbm")
+    assert {(r["method"], r["n"]) for r in only.tables["block_size_rows"]} == {("dbm (block mode)", 8)}
 
 
-def test_block_size_study_can_train_per_block_size(cases):
+def test_block_size_study_can_train_per_block_size_and_family(cases):
     result = block_size_study(cases[:1], (2,), train=True, quick_training=True)
     methods = [r["method"] for r in result.tables["block_size_rows"]]
-    assert methods == ["default (block mode)", "trained at n"]
-    assert result.config["training"][4]["iterations"] == 30
+    assert methods == ["default (block mode)", "trained at n", "DBM trained at n"]  # no shipped DBM at n = 4
+    assert result.config["training"]["cnn"][4]["iterations"] == 30
+    assert result.config["training"]["dbm"][4]["iterations"] == 30
+    grids = [r["GRID"] for r in result.tables["block_size_rows"]]
+    assert all(g >= 1.0 for g in grids)  # every family's block grid, at every n
+    only_cnn = block_size_study(cases[:1], (2,), train=True, train_families=["cnn"], quick_training=True, dbm=None)
+    assert [r["method"] for r in only_cnn.tables["block_size_rows"]] == ["default (block mode)", "trained at n"]
+    with pytest.raises(InputError, match="train_families"):
+        block_size_study(cases[:1], (2,), train=True, train_families=["gan"])
 
 
 # ---------------------------------------------------------------------- convergence
@@ -397,8 +410,8 @@ def test_full_quick_run_report_embeds_every_figure_and_config(tmp_path, cases):
     rows = read_csv(folder / "compare_rows.csv")
     assert all(isinstance(r["QABF"], float) and isinstance(r["time_s"], float) for r in rows)
     assert len(rows) == len(cases) * 2
-    # the papers' tables: a quick DBM trained for paper 000's table, the printed values on the page
-    assert config["tables"]["dbm"]["iterations"] == 20 and config["tables"]["tables"]["table3"]["counterpart"] == \
+    # the papers' tables: the shipped DBM for paper 000's table, the printed values on the page
+    assert config["tables"]["dbm"]["source"] == "dbm" and config["tables"]["tables"]["table3"]["counterpart"] == \
         "dbm model"
     assert "The papers' tables, reproduced" in html.unescape(page)
     assert "41.06" in page and "0.8911" in page  # Table 3 Test-1 RMSE 41.0644, Table 2 Test 1 Q^AB/F
@@ -534,6 +547,14 @@ def test_tables_study_takes_a_dbm_as_paper_000s_counterpart(cases, tmp_path):
     with pytest.raises(InputError, match="not a DBM"):  # the suite refuses it before any study runs
         run_all(tmp_path / "out", cases, studies=["compare", "tables"], methods=["average"], dbm="laplacian")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_tables_study_can_train_its_own_dbm(cases):
+    result = tables_module.reproduce_tables(cases[:1] + cases[2:3], ["average"], dbm=tables_module.TRAIN_DBM,
+                                            quick_training=True, time_repeats=1)
+    record = result.config["dbm"]
+    assert record["source"].startswith("trained here") and record["iterations"] == 20
+    assert result.config["tables"]["table3"]["counterpart"] == "dbm model"
 
 
 def test_tables_match_pairs_by_modality_and_refuse_unusable_data(cases, tmp_path):

@@ -42,7 +42,7 @@ def _fuse_folder():
 def test_read_requirements_of_the_shipped_file():
     lines = dependencies.read_requirements()
     assert lines == ["scipy>=1.10", "scikit-image>=0.21", "PyWavelets>=1.4", "SimpleITK>=2.2", "Pillow>=9",
-                     "tifffile>=2022.5.4"]
+                     "tifffile>=2022.5.4", "pytorch-msssim>=1.0"]
     assert dependencies.module_requirements() == [*lines, "torch>=2.1,<3"]
     assert dependencies.batch_requirements(in_slicer=True) == dependencies.module_requirements()
     assert dependencies.batch_requirements(in_slicer=False) == ["numpy>=1.23", *dependencies.module_requirements()]

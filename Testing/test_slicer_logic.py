@@ -431,7 +431,7 @@ def test_contribution_map_refusals_leave_the_scene_unchanged(scene, inputs, core
 
     before = _scene_state(scene)
     dbm = tmp_path / "dbm.pt"
-    FusionModel.create("dbm", block_size=8, layer_sizes=(16,), seed=0).save(dbm)
+    FusionModel.create("dbm", block_size=8, layer_sizes=(16,), seed=0, predicts="values").save(dbm)
     with pytest.raises(InputError, match="predicts fused values"):
         core.fuse(inputs, method=str(dbm), computeContributions=True)
     with pytest.raises(InputError, match="contribution volume: '.*' is input 1"):

@@ -302,9 +302,10 @@ def test_helpers_need_no_slicer_application():
 
 def test_gui_choices_match_the_library():
     from MedFusionLib.baselines import BASELINES
+    from MedFusionLib.fusion import SHIPPED_MODELS
     from MedFusionLib.preprocessing import DENOISE_DEFAULTS, REGISTRATION_TRANSFORMS
 
-    assert choices.METHOD_CHOICES == ["default", "model file", *BASELINES]
+    assert choices.METHOD_CHOICES == [*SHIPPED_MODELS, "model file", *BASELINES]
     assert set(choices.DENOISE_CHOICES) == set(DENOISE_DEFAULTS)
     assert choices.REGISTRATION_CHOICES == ["none", *REGISTRATION_TRANSFORMS]
     assert choices.SLICE_AXIS_CHOICES == ["K", "J", "I"]

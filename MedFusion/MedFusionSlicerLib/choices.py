@@ -13,8 +13,9 @@ from typing import Optional
 
 # ---------------------------------------------------------------- the GUI's choice lists
 
-#: Fusion methods: the shipped model, a model file, and MedFusionLib's baselines (``MedFusionLib.baselines.BASELINES``).
-METHOD_CHOICES = ["default", "model file", "average", "maximum", "laplacian", "guided_filter", "wavelet"]
+#: Fusion methods: the shipped models (``MedFusionLib.fusion.SHIPPED_MODELS``: the default CNN and paper
+#: 000's DBM), a model file, and MedFusionLib's baselines (``MedFusionLib.baselines.BASELINES``).
+METHOD_CHOICES = ["default", "dbm", "model file", "average", "maximum", "laplacian", "guided_filter", "wavelet"]
 MODALITY_CHOICES = ["auto", "CT", "MRI", "PET", "SPECT"]
 BLOCK_SIZE_CHOICES = ["whole slice", "16", "32", "64", "128", "256"]
 SLICE_AXIS_CHOICES = ["K", "J", "I"]  # array axis 0, 1, 2 (K is axial for an axial acquisition)

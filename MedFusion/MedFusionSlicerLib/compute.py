@@ -175,6 +175,7 @@ def compute_training(
         seed=task.seed,
         device=task.device,
         checkpoint=None,  # nothing is written before the commit phase
+        patch_size=None,  # the recipe's 64 px patches, or what the slices hold (training_patch_size)
         # DBM: unsupervised pre-training in proportion to the supervised steps (4000 blocks at 300 steps).
         pretrain_epochs=min(shipped.pretrain_epochs, 2),
         pretrain_blocks=min(shipped.pretrain_blocks, max(500, 13 * task.iterations)),

@@ -42,7 +42,8 @@ SLICER_CORE_REQUIREMENT = "slicer-core"
 #: Name shown in Slicer's install and restart dialogs.
 REQUESTER = "MedFusion"
 #: Distribution name -> the import name, to tell whether an updated package was already imported.
-IMPORT_NAMES = {"scikit-image": "skimage", "pywavelets": "pywt", "simpleitk": "SimpleITK"}
+IMPORT_NAMES = {"scikit-image": "skimage", "pywavelets": "pywt", "simpleitk": "SimpleITK",
+                "pytorch-msssim": "pytorch_msssim"}
 
 _NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 

@@ -83,7 +83,7 @@ class FusionModel:
             ``fit`` with the same :class:`~MedFusionLib.engine.training.TrainingConfig` seed give
             bit-identical weights on the CPU.
         :param config: further network arguments (``levels``, ``width``, ``hidden`` for the CNN;
-            ``layer_sizes`` for the DBM).
+            ``layer_sizes``, ``predicts``, ``levels`` for the DBM).
         """
         if family not in NETWORKS:
             raise InputError(f"family: expected one of {sorted(NETWORKS)}, got {family!r}")
@@ -119,14 +119,16 @@ class FusionModel:
         return count == self.n_inputs or (self.family == "cnn" and count >= 2)
 
     def check_contributions(self) -> None:
-        """Refuse a contribution map where the model has none: the DBM predicts fused values, not weights of its inputs.
+        """Refuse a contribution map where the model has none: a DBM of the first form predicts fused
+        values, not weights of its inputs.
 
-        :raises InputError: the model is not a CNN.
+        :raises InputError: the model has no fusion weights.
         """
-        if self.family != "cnn":
+        if not getattr(self.network, "has_contributions", True):
             raise InputError(
-                f"contributions: the {self.family} model predicts fused values, not weights of its inputs, "
-                "so it has no contribution map; use the default (CNN) model or a baseline"
+                f"contributions: this {self.family} model predicts fused values, not weights of its inputs, "
+                "so it has no contribution map; use the default (CNN) model, a DBM trained by "
+                "'medfusion train --recipe dbm', or a baseline"
             )
 
     def __repr__(self) -> str:
@@ -148,9 +150,11 @@ class FusionModel:
         one pass; with a block size it fuses overlapping n x n blocks and averages them
         (:func:`~MedFusionLib.engine.blocks.fuse_blockwise`) -- not the same numbers,
         since each block then sees only its own context, which is what the block-size
-        study measures. The DBM always works on blocks of its own size, joined with a
-        Hann window (see :func:`~MedFusionLib.engine.blocks.block_window`), which hides
-        the seams a plain average left.
+        study measures. The DBM always works on blocks of its own size: one that predicts
+        weights cuts them from the whole image itself (see :class:`.networks.BlockDBMNet`);
+        one of the first form predicts fused blocks, joined here with a Hann window (see
+        :func:`~MedFusionLib.engine.blocks.block_window`), which hides the seams a plain
+        average left.
 
         :param inputs: standardised inputs, ``(B, K, H, W)``.
         :param block_size: None (CNN: whole image) or n = 2^i.
@@ -158,7 +162,8 @@ class FusionModel:
         :param batch_blocks: blocks per forward pass in block mode (bounds memory).
         :param contributions: also return each input's share of the fused value, ``(B, K, H, W)``
             (see :mod:`MedFusionLib.contributions`; in block mode the blocks' maps are overlap-averaged like
-            the fused blocks). Only the CNN has one: the DBM predicts values, not input weights.
+            the fused blocks). The CNN and a DBM that predicts weights have one; a DBM of the first
+            form predicts values, not input weights.
         :returns: the fused batch, or ``(fused, contributions)``.
         """
         if inputs.ndim != 4:
@@ -173,7 +178,9 @@ class FusionModel:
                     f"block_size: this DBM model was trained on {self.block_size}x{self.block_size} blocks, "
                     f"got {block_size}; train a model for that block size"
                 )
-            block_size = self.block_size
+            # A DBM that predicts weights cuts its own blocks from the whole image; one of the first
+            # form fuses overlapping blocks of its size, joined below.
+            block_size = None if self.network.has_contributions else self.block_size
         if block_size is None:
             return self.network.fuse_with_contributions(inputs) if contributions else self.network(inputs)
         block_size = validate_block_size(block_size, tuple(inputs.shape[-2:]))
@@ -285,6 +292,8 @@ class FusionModel:
             if info.family == "cnn":
                 # Files written before the option existed were trained and published without it.
                 config.setdefault("clamp_to_inputs", False)
+            else:  # DBM files written before the weights form predict fused values
+                config.setdefault("predicts", "values")
             network = NETWORKS[info.family](**config)
             network.load_state_dict(payload["state_dict"])
         except Exception as error:

@@ -18,7 +18,8 @@ multiply-adds per pixel; the convolutions run on the downsampled maps.
 
 :class:`BlockDBMNet` (paper 000's DBM): the feed-forward network unrolled from a stack of
 RBMs pre-trained with contrastive divergence (:mod:`.rbm`), mapping the K flattened
-n x n input blocks to the n x n fused block (a correction added to the blocks' mean).
+n x n input blocks to per-block fusion scores of the inputs' pyramid levels (or, in
+models of the first form, to the n x n fused block itself).
 """
 
 from __future__ import annotations
@@ -359,22 +360,46 @@ class PyramidWeightCNN(nn.Module):
         return fused, shares
 
 
+#: What a :class:`BlockDBMNet` predicts per block.
+DBM_OUTPUTS = ("weights", "values")
+
+
 class BlockDBMNet(nn.Module):
     """Feed-forward block network unrolled from a pre-trained RBM stack (paper 000's DBM).
 
     Input ``(B, K, n, n)`` blocks are flattened to ``K n^2`` visible values and mapped
     through :func:`.rbm.unroll`'s network (standardisation, the RBMs' sigmoid layers,
-    a linear head) to an ``n^2`` correction added to the mean of the K blocks, so an
-    untrained head starts from plain averaging.
+    a linear head). What the head predicts (``predicts``):
+
+    - ``"weights"`` (the shipped recipe): for every overlapping block (stride n/2), one
+      fusion score per input and per level of a Laplacian pyramid. The scores of all
+      blocks are interpolated to full resolution (bilinearly between block centres, so
+      nothing changes at a block border) and, per level, added to ``p_l log(a_k + eps)``,
+      where ``a_k`` is input k's local detail activity there and ``p_l`` a learned
+      power (as in the CNN's heads, per-pixel detail decides at edges); a softmax over
+      the inputs gives the weights of each input's pyramid level. The fused pyramid
+      collapses into the image, clamped pixel by pixel to the inputs' range. The
+      fused image is thus a convex combination of the inputs at every scale: the
+      DBM decides which input wins where, block by block, and cannot paint a block
+      grid or invent structure. Applied to whole images (the blocks are cut inside).
+    - ``"values"`` (models saved before, the first form): an ``n^2`` correction added
+      to the mean of the K blocks; the fused image is made of overlapping fused blocks
+      (see :meth:`~MedFusionLib.engine.model.FusionModel.fuse_tensor`).
 
     :param n_inputs: K.
     :param block_size: n.
     :param layer_sizes: hidden layer sizes of the RBM stack.
     :param rbms: a pre-trained stack to unroll (default: freshly initialised RBMs, the
         shape a saved model is loaded into).
+    :param predicts: ``"weights"`` or ``"values"`` (the first form; model files without this
+        setting load as ``"values"``).
+    :param levels: Laplacian pyramid depth (``"weights"``; clipped per call to what the image allows).
     """
 
     family = "dbm"
+    #: Added to the detail activity before its logarithm (intensities in [0, 1]): below about one
+    #: grey level of detail, the activity no longer decides.
+    activity_floor = 1.0 / 255.0
 
     def __init__(
         self,
@@ -382,24 +407,98 @@ class BlockDBMNet(nn.Module):
         block_size: int = 8,
         layer_sizes: tuple[int, ...] | list[int] = (256, 128),
         rbms: list[RBM] | None = None,
+        predicts: str = "weights",
+        levels: int = 4,
     ) -> None:
         super().__init__()
+        if predicts not in DBM_OUTPUTS:
+            raise ValueError(f"predicts: expected one of {DBM_OUTPUTS}, got {predicts!r}")
         self.n_inputs = int(n_inputs)
         self.block_size = int(block_size)
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
+        self.predicts = predicts
+        self.levels = int(levels)
         if rbms is None:
             sizes = [self.n_inputs * self.block_size**2, *self.layer_sizes]
             rbms = [RBM(sizes[i], sizes[i + 1], "gaussian" if i == 0 else "bernoulli") for i in range(len(sizes) - 1)]
-        self.body = unroll(rbms, self.block_size**2, output_init_std=0.0)
+        outputs = self.block_size**2 if predicts == "values" else (self.levels + 1) * self.n_inputs
+        self.body = unroll(rbms, outputs, output_init_std=0.0)
+        if predicts == "weights":
+            # Start as an activity-squared rule on the details and the plain average of the bases;
+            # the DBM's scores start at 0 (zero head) and fine-tuning moves both.
+            self.activity_power = nn.Parameter(torch.full((self.levels,), 2.0))
 
     def config(self) -> dict[str, object]:
         """Constructor arguments, stored with the weights."""
-        return {"n_inputs": self.n_inputs, "block_size": self.block_size, "layer_sizes": list(self.layer_sizes)}
+        return {"n_inputs": self.n_inputs, "block_size": self.block_size, "layer_sizes": list(self.layer_sizes),
+                "predicts": self.predicts, "levels": self.levels}
 
-    def forward(self, blocks: torch.Tensor) -> torch.Tensor:
-        batch = blocks.shape[0]
-        correction = self.body(blocks.reshape(batch, -1))
-        return blocks.mean(dim=1, keepdim=True) + correction.view(batch, 1, self.block_size, self.block_size)
+    @property
+    def has_contributions(self) -> bool:
+        """Whether the fused value is a weighting of the inputs (so a contribution map exists)."""
+        return self.predicts == "weights"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.predicts == "values":
+            batch = x.shape[0]
+            correction = self.body(x.reshape(batch, -1))
+            return x.mean(dim=1, keepdim=True) + correction.view(batch, 1, self.block_size, self.block_size)
+        return self.fuse_with_contributions(x, contributions=False)[0]
+
+    def block_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's scores of every block, ``(B, (levels + 1) K, rows, columns)`` on the grid of block centres.
+
+        Blocks of n x n step by s = n/2; the image is mirrored by (n - s)/2 pixels (and up to a
+        multiple of s at the far sides), so block (i, j) is centred on pixel ((i + 1/2) s, (j + 1/2) s).
+        """
+        batch, count, height, width = x.shape
+        n = self.block_size
+        step = max(1, n // 2)
+        margin = (n - step) // 2
+        rows, columns = -(-height // step), -(-width // step)
+        pad = (margin, columns * step - width + (n - step - margin), margin, rows * step - height + (n - step - margin))
+        mode = "reflect" if min(height, width) > max(pad) else "replicate"
+        padded = F.pad(x, pad, mode=mode)
+        blocks = F.unfold(padded, n, stride=step)  # (B, K n^2, rows * columns), channel-major like reshape
+        flat = blocks.transpose(1, 2).reshape(batch * rows * columns, count * n * n)
+        scores = self.body(flat).view(batch, rows, columns, -1)
+        return scores.permute(0, 3, 1, 2)
+
+    def fusion_weights(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The inputs' Laplacian pyramids and the per-level softmax weights, ``(B, K, h_l, w_l)`` each."""
+        batch, count, height, width = x.shape
+        levels = min(self.levels, max_levels(height, width))
+        pyramid = laplacian_pyramid(x, levels)
+        grid = self.block_scores(x)
+        step = max(1, self.block_size // 2)
+        full = (grid.shape[-2] * step, grid.shape[-1] * step)
+        weights = []
+        for index, level in enumerate(pyramid):
+            size = tuple(level.shape[-2:])
+            head = self.levels if index == len(pyramid) - 1 else index  # the base has its own scores
+            scores = grid[:, head * count : (head + 1) * count]
+            # Between block centres, bilinearly, on this level's grid (the padded extent, then cropped).
+            extent = (-(-full[0] // 2**index), -(-full[1] // 2**index))
+            scores = F.interpolate(scores, size=extent, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+            if index < len(pyramid) - 1:
+                activity = _separable_blur(level.abs())
+                scores = scores + self.activity_power[index] * torch.log(activity + self.activity_floor)
+            weights.append(torch.softmax(scores, dim=1))
+        return pyramid, weights
+
+    def fuse_with_contributions(
+        self, x: torch.Tensor, contributions: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fused image ``(B, 1, H, W)`` and, if asked, each input's share ``(B, K, H, W)`` ("weights" only)."""
+        if self.predicts != "weights":
+            raise ValueError("a DBM that predicts values has no fusion weights")
+        pyramid, weights = self.fusion_weights(x)
+        fused_levels = [(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)]
+        fused = collapse_pyramid(fused_levels)
+        fused = torch.minimum(torch.maximum(fused, x.amin(dim=1, keepdim=True)), x.amax(dim=1, keepdim=True))
+        if not contributions:
+            return fused, None
+        return fused, combine_scales(list(zip(weights[:-1], fused_levels[:-1])), weights[-1], pyramid_expand)
 
 
 NETWORKS: dict[str, type[nn.Module]] = {"cnn": PyramidWeightCNN, "dbm": BlockDBMNet}

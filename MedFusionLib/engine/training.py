@@ -164,6 +164,10 @@ class TrainingConfig:
         blocks too small for its context encoder and pyramid; without such steps that path is
         never trained and its rule is arbitrary. 0 keeps every step at n. (n is a power of two.)
         Those steps are listed in :attr:`TrainingHistory.small_block_iterations`.
+    :param patch_size: side of the training and validation patches (a power of two); None: the
+        model's block size. A DBM that predicts weights needs patches several of its blocks wide,
+        since it cuts its blocks from the patch and joins their scores across it.
+    :param structure_weight: weight of the SSIM-to-the-sources term of :func:`fusion_loss` (0: none).
     """
 
     iterations: int = 2000
@@ -181,6 +185,8 @@ class TrainingConfig:
     pretrain_epochs: int = 5
     pretrain_blocks: int = 20000
     small_block_fraction: float = 0.0
+    patch_size: int | None = None
+    structure_weight: float = 0.0
 
 
 @dataclass
@@ -210,12 +216,40 @@ class TrainingHistory:
         return [i for i, _ in pairs], [v for _, v in pairs]
 
 
-def fusion_loss(prediction: torch.Tensor, target: torch.Tensor, gradient_weight: float) -> torch.Tensor:
-    """MSE plus ``gradient_weight`` times the L1 distance of horizontal and vertical differences."""
+#: Window of the structure term: Wang et al.'s SSIM (11 x 11 Gaussian, sigma 1.5), as pytorch-msssim computes it.
+STRUCTURE_WINDOW = 11
+
+
+def fusion_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    gradient_weight: float,
+    inputs: torch.Tensor | None = None,
+    structure_weight: float = 0.0,
+) -> torch.Tensor:
+    """MSE plus ``gradient_weight`` times the L1 distance of horizontal and vertical differences,
+    plus ``structure_weight`` times ``1 - mean_k SSIM(prediction, input_k)``.
+
+    The last term scores the fused block against its sources directly, as unsupervised fusion
+    networks do (e.g. DeepFuse, Ram Prabhakar et al. 2017): the target stays the main term,
+    and this one keeps the fusion from giving up the sources' structure wherever the target
+    does (the saliency-blended targets score below a plain pyramid fusion on SSIM to the sources
+    of CT pairs). SSIM is pytorch-msssim's (Gaussian 11 x 11 window, sigma 1.5, data range 1);
+    blocks smaller than the window have no structure term.
+
+    :param inputs: the K inputs ``(B, K, n, n)`` (needed when ``structure_weight`` is set).
+    """
     loss = F.mse_loss(prediction, target)
     if gradient_weight:
         for axis in (-1, -2):
             loss = loss + gradient_weight * F.l1_loss(torch.diff(prediction, dim=axis), torch.diff(target, dim=axis))
+    if structure_weight and inputs is not None and min(prediction.shape[-2:]) >= STRUCTURE_WINDOW:
+        from pytorch_msssim import ssim
+
+        count = inputs.shape[1]
+        similarity = ssim(prediction.expand(-1, count, -1, -1).reshape(-1, 1, *prediction.shape[-2:]),
+                          inputs.reshape(-1, 1, *inputs.shape[-2:]), data_range=1.0, win_size=STRUCTURE_WINDOW)
+        loss = loss + structure_weight * (1.0 - similarity)
     return loss
 
 
@@ -228,6 +262,12 @@ def _check_config(config: TrainingConfig) -> None:
         check_int(config.patience, "training patience (or None)")
     if not 0 <= config.validation_fraction < 1:
         raise InputError(f"training validation_fraction: expected [0, 1), got {config.validation_fraction!r}")
+    if not (isinstance(config.structure_weight, (int, float)) and 0 <= config.structure_weight < math.inf):
+        raise InputError(f"training structure_weight: expected a number >= 0, got {config.structure_weight!r}")
+    if config.patch_size is not None:
+        size = check_int(config.patch_size, "training patch_size (or None)", minimum=2)
+        if size & (size - 1):
+            raise InputError(f"training patch_size: expected a power of two, got {size}")
     if not isinstance(config.small_block_fraction, (int, float)) or not 0 <= config.small_block_fraction < 1:
         raise InputError(f"training small_block_fraction: expected [0, 1), got {config.small_block_fraction!r}")
 
@@ -254,7 +294,7 @@ def train(
     _check_config(config)
     if dataset.n_inputs != model.n_inputs:
         raise InputError(f"dataset: triplets have {dataset.n_inputs} inputs, the model fuses {model.n_inputs}")
-    n = model.block_size
+    n = training_patch_size(model, config, dataset)
     ranks = distributed.current()  # under torchrun: this process's rank (see .distributed)
     device = distributed.training_device(resolve_device(config.device))
     train_set, validation_set = dataset.split(config.validation_fraction, config.seed)
@@ -302,7 +342,7 @@ def train(
             inputs, targets = train_set.sample_blocks(size, config.batch_size, rng)
             inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
             optimiser.zero_grad(set_to_none=True)
-            loss = fusion_loss(trainer(inputs), targets, config.gradient_weight)
+            loss = fusion_loss(trainer(inputs), targets, config.gradient_weight, inputs, config.structure_weight)
             loss.backward()
             optimiser.step()
             history.train_loss.append(float(loss.detach()))
@@ -315,7 +355,8 @@ def train(
                     if validation is not None:
                         network.eval()
                         with torch.no_grad():
-                            val_loss = float(fusion_loss(network(validation[0]), validation[1], config.gradient_weight))
+                            val_loss = float(fusion_loss(network(validation[0]), validation[1], config.gradient_weight,
+                                                         validation[0], config.structure_weight))
                         network.train()
                     else:
                         val_loss = float(np.mean(history.train_loss[-config.validation_every :]))
@@ -352,6 +393,19 @@ def train(
     return history
 
 
+def training_patch_size(model: "FusionModel", config: TrainingConfig, dataset: TripletDataset) -> int:  # noqa: F821
+    """Side of the training patches: ``config.patch_size``, else the model's block size, except for a
+    DBM that predicts weights: the largest power of two up to 64 that the images hold (at least its
+    block size), so each patch spans several of its blocks and the scores' joins are trained too."""
+    if config.patch_size is not None:
+        return config.patch_size
+    n = model.block_size
+    if model.family != "dbm" or not getattr(model.network, "has_contributions", False):
+        return n
+    side = min(64, dataset.min_side())
+    return max(n, 1 << (side.bit_length() - 1))
+
+
 def _pretrain_dbm(model, train_set: TripletDataset, config: TrainingConfig, rng: np.random.Generator,
                   history: TrainingHistory, report: Callable[[float, str], None]) -> None:
     """Greedy CD pre-training of the RBM stack on flattened input blocks, then unroll into the model."""
@@ -366,7 +420,7 @@ def _pretrain_dbm(model, train_set: TripletDataset, config: TrainingConfig, rng:
         progress=lambda fraction, message: report(0.0, f"pre-training: {message}"),
     )
     history.pretraining = layers
-    model.network = BlockDBMNet(network.n_inputs, network.block_size, network.layer_sizes, rbms=rbms)
+    model.network = BlockDBMNet(**network.config(), rbms=rbms)
 
 
 def save_history(history: TrainingHistory, path: str | Path) -> None:

@@ -5,9 +5,14 @@ For each i in a range (default 1..4, the papers' range) with n = 2^i:
 - the learned model (default: the shipped one) fuses each group in **block mode**
   (``fuse(..., block_size=n)``: overlapping n x n blocks, stride n/2, overlap-averaged),
   so each block sees only its own n x n context -- which is what the papers vary;
-- optionally (``train=True``) a small model is trained at block size n
-  (:func:`training_spec`: the default recipe's network on a few training phantoms,
-  training seeds only, never the evaluation set) and fuses in block mode at n too.
+- the shipped DBM (``dbm=``; paper 000's system) fuses each group at the one n it
+  was trained for (8: the rows of i = 3), so both families' block-grid index stands
+  side by side there;
+- optionally (``train=True``) a small model of each family (``train_families``) is
+  trained at block size n (:func:`training_spec`: the recipe's network on a few
+  training phantoms, training seeds only, never the evaluation set) and fuses at n too:
+  the CNN in block mode, the DBM with its blocks of n. That gives both families'
+  metrics and block-grid index for every n.
 
 Metrics: the papers' RMSE, EN, MEAN, GRAD, REL and SSIM against the target (the
 target-based ones only when the group has a target), plus Q^AB/F, and the fusion time.
@@ -48,29 +53,40 @@ def default_cases(quick: bool = False, data_seed: int = 0, shape: tuple[int, int
     return phantom_dataset(spec["count_per_pair"], spec["pairs"], shape or spec["shape"], data_seed)
 
 
-def training_spec(block_size: int, quick: bool = False, seed: int = 0, device: str | None = "cpu") -> dict[str, Any]:
+#: The model families trained per n with ``train=True``, and the label of their rows.
+TRAINED_LABELS = {"cnn": "trained at n", "dbm": "DBM trained at n"}
+
+
+def training_spec(block_size: int, quick: bool = False, seed: int = 0, device: str | None = "cpu",
+                  family: str = "cnn") -> dict[str, Any]:
     """The recipe of the small model trained per block size (``train=True``).
 
-    The shipped model's network and loss; fewer, smaller training phantoms and
-    iterations so four models train in minutes (quick: seconds). Data seeds start at 0
-    (training range), the evaluation set never enters.
+    The shipped model's network and loss (``family="dbm"``: the shipped DBM's, with blocks
+    of n); fewer, smaller training phantoms and iterations so four models train in minutes
+    (quick: seconds). Data seeds start at 0 (training range), the evaluation set never enters.
 
     :param block_size: n, the training block size.
     :param quick: the seconds-long variant.
     :param seed: training seed.
     :param device: training device (the CPU by default: reproducible weights).
+    :param family: ``"cnn"`` or ``"dbm"``.
     """
     from ..recipes import recipe
 
-    spec = recipe("default")
-    spec["name"] = f"block-size study n={block_size}"
+    if family not in TRAINED_LABELS:
+        raise InputError(f"family: expected one of {sorted(TRAINED_LABELS)}, got {family!r}")
+    spec = recipe("default" if family == "cnn" else "dbm")
+    spec["name"] = f"block-size study n={block_size}" + ("" if family == "cnn" else " (DBM)")
     spec["block_size"] = block_size
     spec["data"] = {"count_per_pair": 1 if quick else 3, "shape": (64, 64) if quick else (128, 128),
                     "pairs": PAPER_PAIRS if quick else MODALITY_PAIRS, "seed": 0}
-    # "Trained at n" means every step at n: no small-block steps (the default recipe has them).
+    # "Trained at n" means every step at n: no small-block steps (the default recipe has them). The DBM
+    # trains on patches of several blocks (as large as the images allow, up to 64 px).
     spec["training"] = replace(spec["training"], iterations=30 if quick else 1500,
                                validation_every=10 if quick else 100, patience=None, seed=seed, device=device,
-                               small_block_fraction=0.0)
+                               small_block_fraction=0.0, patch_size=None,
+                               pretrain_epochs=min(spec["training"].pretrain_epochs, 1 if quick else 3),
+                               pretrain_blocks=min(spec["training"].pretrain_blocks, 500 if quick else 10000))
     return spec
 
 
@@ -79,7 +95,9 @@ def block_size_study(
     exponents: Iterable[int] = (1, 2, 3, 4),
     *,
     model: Method = "default",
+    dbm: Method | None = "dbm",
     train: bool = False,
+    train_families: Sequence[str] = ("cnn", "dbm"),
     quick_training: bool = False,
     device: str | None = None,
     seed: int = 0,
@@ -90,8 +108,11 @@ def block_size_study(
 
     :param cases: the data set (targets enable RMSE, REL, SSIM).
     :param exponents: the i values; every n = 2^i must fit the images.
-    :param model: the learned model fused in block mode (default: the shipped model).
-    :param train: also train a small model per n (:func:`training_spec`) and fuse with it.
+    :param model: the learned model fused in block mode (default: the shipped model). A DBM
+        fuses only at the n it was trained for.
+    :param dbm: a DBM fused at its own n beside it (default: the shipped one; None: none).
+    :param train: also train a small model per n and family (:func:`training_spec`) and fuse with it.
+    :param train_families: the families trained per n (``"cnn"``, ``"dbm"``).
     :param quick_training: the seconds-long training variant.
     :param device: fusion device (None: CUDA when present); training runs on the CPU unless this is set.
     :param seed: seeds torch/numpy and the per-n training.
@@ -107,18 +128,32 @@ def block_size_study(
     side = min(min(x.shape) for c in cases for x in c.inputs)
     for i in exponents:
         validate_block_size(2**i, (side, side))  # fail before any work when a block cannot fit
+    families = list(dict.fromkeys(train_families)) if train else []
+    for family in families:
+        if family not in TRAINED_LABELS:
+            raise InputError(f"train_families: expected some of {sorted(TRAINED_LABELS)}, got {family!r}")
     seed_everything(seed)
     base = load_method(model)
     base_label = f"{method_label(model)} (block mode)"
+    fixed = [(base_label, base)]
+    extra = None if dbm is None else load_method(dbm)
+    # (beside the model, where it fuses these groups: a DBM takes the number of inputs it was trained for)
+    if extra is not None and extra is not base and all(extra.accepts(len(c.inputs)) for c in cases):
+        fixed.append((f"{method_label(dbm)} (its own n)", extra))
+    if getattr(base, "family", None) == "dbm" and base.block_size not in [2**i for i in exponents]:
+        raise InputError(f"model: this DBM fuses with {base.block_size}x{base.block_size} blocks only; "
+                         f"include i = {base.block_size.bit_length() - 1} in the exponents")
     rows: list[Row] = []
-    trained: dict[int, dict[str, Any]] = {}
-    steps = len(exponents) * (2 if train else 1)
+    trained: dict[str, dict[int, dict[str, Any]]] = {family: {} for family in families}
+    steps = len(exponents) * (1 + len(families))
     for step, i in enumerate(exponents):
         n = 2**i
-        methods = [(base_label, base)]
-        if train:
-            progress(step / steps, f"training a model at n = {n}")
-            methods.append(("trained at n", _train_at(n, quick_training, seed, device, trained)))
+        # A DBM fuses with blocks of the size it was trained on, and only with those.
+        methods = [(label, m) for label, m in fixed if getattr(m, "family", None) != "dbm" or m.block_size == n]
+        for family in families:
+            progress(step / steps, f"training a {family} model at n = {n}")
+            methods.append((TRAINED_LABELS[family], _train_at(n, quick_training, seed, device, trained[family],
+                                                              family)))
         for label, method in methods:
             warm_up(method, cases[0], device, block_size=n)
             for case in cases:
@@ -130,17 +165,19 @@ def block_size_study(
     progress(1.0, "done")
     columns = ["group", "pair", "method", "i", "n", *metric_columns(rows)]
     rows = [{c: row.get(c) for c in columns} for row in rows]
-    config = {"model": method_label(model), "exponents": exponents, "block_sizes": [2**i for i in exponents],
+    config = {"model": method_label(model), "dbm": None if dbm is None else method_label(dbm),
+              "exponents": exponents, "block_sizes": [2**i for i in exponents],
               "train": train, "training": trained, "metrics": list(metrics), "seed": seed,
               "device": resolved_device(device), "stride": "n / 2", "data": describe(cases)}
     return StudyResult(STUDY, {"block_size_rows": rows, "block_size_summary": summarise(rows)}, config)
 
 
-def _train_at(n: int, quick: bool, seed: int, device: str | None, record: dict[int, dict[str, Any]]):
-    """Train the per-n model; its recipe and headline numbers go into the run's config."""
+def _train_at(n: int, quick: bool, seed: int, device: str | None, record: dict[int, dict[str, Any]],
+              family: str = "cnn"):
+    """Train the per-n model of ``family``; its recipe and headline numbers go into the run's config."""
     from ..recipes import train_recipe, training_summary
 
-    spec = training_spec(n, quick, seed, device or "cpu")
+    spec = training_spec(n, quick, seed, device or "cpu", family)
     model, history = train_recipe(spec)
     record[n] = {"data": {k: list(v) if isinstance(v, tuple) else v for k, v in spec["data"].items()},
                  "iterations": spec["training"].iterations, "seed": seed, **training_summary(history)}
@@ -169,7 +206,9 @@ def run_block_size(
     *,
     exponents: Iterable[int] | None = None,
     model: Method = "default",
+    dbm: Method | None = "dbm",
     train: bool = False,
+    train_families: Sequence[str] = ("cnn", "dbm"),
     quick: bool = False,
     data_seed: int = 0,
     device: str | None = None,
@@ -184,13 +223,16 @@ def run_block_size(
 
     :param exponents: i values (default 1..4; quick 1..2).
     :param model: the learned model fused in block mode.
-    :param train: also train a small model per n (quick mode trains the seconds-long variant).
+    :param dbm: a DBM fused at its own n (default: the shipped one; None: none).
+    :param train: also train a small model per n and family (quick mode trains the seconds-long variant).
+    :param train_families: the families trained per n.
     Other parameters as in :func:`MedFusionLib.experiments.compare.run_compare`.
     """
     spec = QUICK if quick else FULL
     with open_run(out, STUDY, name=name, force=force, run=run, report=report) as folder:
         data = default_cases(quick, data_seed) if cases is None else cases
         result = block_size_study(data, spec["exponents"] if exponents is None else exponents, model=model,
-                                  train=train, quick_training=quick, device=device, seed=seed, progress=progress)
+                                  dbm=dbm, train=train, train_families=train_families, quick_training=quick,
+                                  device=device, seed=seed, progress=progress)
         result.config.update(quick=quick, data_seed=data_seed if cases is None else None)
         return folder.write_study(result)

@@ -84,13 +84,17 @@ def _add_study_options(p: argparse.ArgumentParser, study: str) -> None:
         p.add_argument("--training-seeds", type=_names, default=["same", "different"],
                        help="seed modes: same, different or both (default same,different)")
     if study in ("tables", "all"):
-        p.add_argument("--dbm", default="train",
-                       help="DBM model for paper 000's table: a .pt file of family dbm, 'train' (train a "
-                            "shortened DBM here, 20-40 s; the default) or 'none'")
+        p.add_argument("--dbm", default="dbm",
+                       help="DBM model for paper 000's table: 'dbm' (the shipped one, made by 'medfusion train "
+                            "--recipe dbm'; the default), a .pt file of family dbm, 'train' (train a shortened "
+                            "DBM here, a few minutes) or 'none'")
     if study in ("block-size", "all"):
         p.add_argument("--exponents", type=_ints, help="i values, n = 2^i (default 1,2,3,4; quick 1,2)")
         p.add_argument("--model", default="default", help="learned model fused in block mode (default: shipped)")
-        p.add_argument("--train", action="store_true", help="also train a small model per block size")
+        p.add_argument("--train", action="store_true",
+                       help="also train a small model per block size and family (--train-families)")
+        p.add_argument("--train-families", type=_names, default=["cnn", "dbm"],
+                       help="families trained per block size with --train: cnn, dbm or both (default cnn,dbm)")
     if study in ("perturbation", "all"):
         p.add_argument("--gaussian", type=_floats, help="Gaussian sigmas, fractions of the [0, 1] range")
         p.add_argument("--salt-pepper", type=_floats, help="salt-and-pepper fractions of pixels")
@@ -208,7 +212,8 @@ def command_experiment(args: argparse.Namespace) -> int:
                                            training_seeds=args.training_seeds, **data, **common).folder
             elif study == "block-size":
                 folder = block_size.run_block_size(args.output, _cases(args, block_size), exponents=args.exponents,
-                                                   model=args.model, train=args.train, **data, **common).folder
+                                                   model=args.model, train=args.train,
+                                                   train_families=args.train_families, **data, **common).folder
             else:
                 methods = {"methods": args.methods} if args.methods else {}
                 folder = perturbation.run_perturbation(args.output, _cases(args, perturbation), levels=_levels(args),

@@ -37,7 +37,7 @@ def run_all(
     training_repeats: int | None = None,
     training_recipe: str = "smoke",
     training_seeds: Iterable[str] = ("same", "different"),
-    dbm: Method | None = "train",
+    dbm: Method | None = "dbm",
     exponents: Iterable[int] | None = None,
     block_model: Method = "default",
     train: bool = False,
@@ -60,7 +60,8 @@ def run_all(
         (None: no repeated training).
     :param training_recipe: repeat study: the recipe of the repeated trainings.
     :param training_seeds: repeat study: ``"same"`` and/or ``"different"``.
-    :param dbm: tables study: a DBM model for paper 000's table, ``"train"`` (train one) or None.
+    :param dbm: tables study: a DBM model for paper 000's table (default: the shipped ``"dbm"``),
+        ``"train"`` (train one) or None.
     :param exponents: block-size study: the i values (default 1..4; quick 1..2).
     :param block_model: block-size study: the learned model fused in block mode.
     :param train: block-size study: also train a small model per n.

@@ -2,7 +2,7 @@
 
 For every modality pair of a table, ten held-out phantom groups (the papers' ten tests) are
 fused by every method -- the shipped CNN (paper 002's counterpart), a DBM (paper 000's
-counterpart: trained here by :func:`dbm_training_spec`, or a model you give) and the
+counterpart: the shipped one, one trained here by :func:`dbm_training_spec`, or a model you give) and the
 baselines -- and scored with :func:`~MedFusionLib.metrics.evaluate` on the metrics the
 tables print. Each fusion runs ``time_repeats`` times, as the papers average repeated runs:
 the outputs are checked to be bit-identical (so the metrics are those of one fusion) and
@@ -75,10 +75,10 @@ def default_cases(quick: bool = False, data_seed: int = 0, shape: tuple[int, int
 def dbm_training_spec(quick: bool = False, seed: int = 0, device: str | None = "cpu") -> dict[str, Any]:
     """The DBM trained for paper 000's table when no DBM model is given.
 
-    The ``dbm`` recipe's network (8 x 8 blocks, RBM layers 256-128, CD-1 pre-training,
-    supervised fine-tuning) on the papers' two pairs, shortened to 1,500 iterations so it
-    trains in 20-40 s on two idle CPU cores (quick: seconds). Training phantoms use training seeds only.
-    ``medfusion train --recipe dbm`` makes the full model; pass it as ``dbm=`` to use it.
+    The ``dbm`` recipe's network (8 x 8 blocks, RBM layers 128-64, CD-1 pre-training,
+    supervised fine-tuning of per-block pyramid weights) on the papers' two pairs, shortened to
+    1,500 iterations (quick: seconds). Training phantoms use training seeds only.
+    ``medfusion train --recipe dbm`` makes the shipped model, the study's default.
 
     :param quick: the seconds-long variant (a smoke model, not a usable one).
     :param seed: training seed.
@@ -125,7 +125,7 @@ def check_dbm(dbm: Method) -> FusionModel:
     """
     model = load_method(dbm)
     if not (isinstance(model, FusionModel) and model.family == "dbm"):
-        raise InputError(f"dbm: {dbm!r} is not a DBM model (give a .pt file of family 'dbm', 'train' or None)")
+        raise InputError(f"dbm: {dbm!r} is not a DBM model (give 'dbm', a .pt file of family 'dbm', 'train' or None)")
     return model
 
 
@@ -278,7 +278,7 @@ def reproduce_tables(
     methods: Iterable[Method] | None = None,
     *,
     tables: Iterable[str] | None = None,
-    dbm: Method | None = TRAIN_DBM,
+    dbm: Method | None = "dbm",
     quick_training: bool = False,
     time_repeats: int = 5,
     device: str | None = None,
@@ -291,8 +291,9 @@ def reproduce_tables(
         (:data:`~MedFusionLib.experiments.data.PAPER_PAIRS`), else those rows stay empty.
     :param methods: default the shipped model and every baseline.
     :param tables: keys of :data:`PAPER_TABLES` (default all).
-    :param dbm: a DBM model (file or object) for paper 000's table; :data:`TRAIN_DBM` trains one
-        (:func:`dbm_training_spec`); None leaves it out (the CNN then stands in).
+    :param dbm: a DBM model (file, shipped name or object) for paper 000's table, by default the
+        shipped ``"dbm"``; :data:`TRAIN_DBM` trains one (:func:`dbm_training_spec`); None leaves it
+        out (the CNN then stands in).
     :param quick_training: the seconds-long DBM training.
     :param time_repeats: fusions per group and method (the time is their mean).
     :param device: fusion device for learned models.
@@ -341,7 +342,7 @@ def run_tables(
     *,
     methods: Iterable[Method] | None = None,
     tables: Iterable[str] | None = None,
-    dbm: Method | None = TRAIN_DBM,
+    dbm: Method | None = "dbm",
     time_repeats: int | None = None,
     quick: bool = False,
     data_seed: int = 0,
