@@ -323,6 +323,20 @@ def test_training_reduces_the_loss_and_is_reproducible(dataset):
         assert torch.equal(value, trained[1][name]), name
 
 
+def test_the_dbm_recipe_is_bit_reproducible():
+    """The shipped DBM's recipe, cut to seconds: pre-training, patches, structure term -- twice, same weights."""
+    from MedFusionLib.recipes import recipe, train_recipe
+
+    spec = recipe("dbm")
+    spec["data"].update(count_per_pair=1, shape=(64, 64))
+    spec["training"].iterations, spec["training"].validation_every = 12, 6
+    spec["training"].pretrain_blocks, spec["training"].pretrain_epochs = 300, 1
+    assert spec["training"].structure_weight > 0 and spec["network"]["predicts"] == "weights"
+    first, second = (train_recipe(spec)[0].network.state_dict() for _ in range(2))
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
 @pytest.mark.parametrize("family, fraction", [("cnn", 0.0), ("cnn", 0.5), ("dbm", 0.5)])
 def test_small_block_steps(dataset, monkeypatch, family, fraction):
     # The CNN may train a share of its steps on smaller blocks (so block-mode fusion with a small n
