@@ -631,6 +631,41 @@ def test_compiled_logarithm_is_fdlibms_to_one_ulp_and_takes_every_input():
         np.testing.assert_allclose(logs, np.log(unusual), rtol=1e-15)
 
 
+def test_compiled_atan_and_exp_are_fdlibms_to_one_ulp():
+    """The kernels' vectorised atan and exp (fdlibm's, for Q^AB/F) against NumPy's, every range and edge."""
+    _needs_numba()
+    from MedFusionLib.metrics import _group
+
+    kernels = _group.compiled_kernels()
+    rng = np.random.default_rng(4)
+    sign = rng.choice([-1.0, 1.0], 100_000)
+    x = np.concatenate([rng.normal(0, 1, 100_000), rng.normal(0, 100, 50_000),
+                        sign * np.exp(rng.uniform(-700, 700, 100_000)),
+                        [0.0, -0.0, 0.4375, 0.6875, 1.1875, 2.4375, np.nextafter(0.4375, 0), np.nextafter(2.4375, 9),
+                         1e300, -1e-300, 2.0**66, np.inf, -np.inf]])
+    angles = x.copy()
+    kernels.atan_in_place(angles)
+    reference = np.arctan(x)
+    assert np.all(np.abs(angles - reference) <= np.spacing(np.abs(reference)))  # within 1 ulp
+    assert angles[-2] == np.pi / 2 and angles[-1] == -np.pi / 2
+    nan = np.array([np.nan])
+    kernels.atan_in_place(nan)
+    assert np.isnan(nan[0])
+
+    e = np.concatenate([rng.uniform(-707, 708, 200_000), rng.normal(0, 1, 50_000),
+                        [0.0, -0.0, 1e-300, 0.5 * np.log(2), 1.5 * np.log(2), -40.0, 40.0]])
+    exps = e.copy()
+    kernels.exp_in_place(exps, np.empty((2, e.size), np.int64))
+    assert np.all(np.abs(exps - np.exp(e)) <= np.spacing(np.exp(e)))
+    # Beyond the reduction's range (overflow, subnormal results, NaN): the C library, value by value.
+    edges = np.array([800.0, -800.0, -740.0, np.nan, 1.0])
+    expected = edges.copy()
+    with np.errstate(over="ignore"):
+        expected = np.exp(expected)
+    kernels.exp_in_place(edges, np.empty((2, edges.size), np.int64))
+    np.testing.assert_array_equal(edges, expected)
+
+
 def test_numpy_backend_is_used_without_numba(monkeypatch):
     import MedFusionLib.metrics._group as group_module
     from MedFusionLib.metrics import ScoredGroup, fmi_backend, metrics_backend
