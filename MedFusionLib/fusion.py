@@ -37,10 +37,11 @@ from .io import (
 )
 from .preprocessing import (
     Chroma,
+    UnitMapping,
     merge_luminance,
-    percentile_normalise,
+    percentile_normalisation,
     split_luminance,
-    standardise,
+    standardisation,
 )
 from .progress import CancelFlag, ProgressCallback
 from .validation import check_int, source_name
@@ -159,6 +160,15 @@ def to_unit_range(image: np.ndarray, modality: str | None = None, name: str = "i
     :param name: for error messages.
     """
     array = np.asarray(image)
+    return unit_range_mapping(array, modality, name)(array)
+
+
+def unit_range_mapping(image: np.ndarray, modality: str | None = None, name: str = "image") -> UnitMapping:
+    """:func:`to_unit_range` in two steps: the statistics of the whole ``image`` (validated), taken now,
+    and the returned mapping of the image or any part of it -- a batch of a volume's slices -- to
+    ``float32`` in [0, 1], with the same numbers as :func:`to_unit_range` of the whole.
+    """
+    array = np.asarray(image)
     if array.size == 0:
         raise InputError(f"{name}: the image is empty")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
@@ -166,14 +176,14 @@ def to_unit_range(image: np.ndarray, modality: str | None = None, name: str = "i
     if not np.all(np.isfinite(array)):
         raise InputError(f"{name}: contains NaN or infinite values")
     if modality is not None:
-        return np.asarray(standardise(array, modality), dtype=np.float32)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == bool:
-        return array.astype(np.float32)
-    if array.min() >= 0.0 and array.max() <= 1.0:
-        return array.astype(np.float32)
-    return np.asarray(percentile_normalise(array), dtype=np.float32)
+        mapping = standardisation(array, modality)
+    elif array.dtype == np.uint8:
+        return lambda part: part.astype(np.float32) / 255.0
+    elif array.dtype == bool or (array.min() >= 0.0 and array.max() <= 1.0):
+        return lambda part: part.astype(np.float32)
+    else:
+        mapping = percentile_normalisation(array)
+    return lambda part: np.asarray(mapping(part), dtype=np.float32)
 
 
 #: What the fusion functions take as an image or volume, for messages.
@@ -415,16 +425,20 @@ def fuse_volume(
                 )
     _check_inputs_fit(method, len(loaded))
     check_contributions(method, contributions)
-    standardised = np.stack(
-        [
-            to_unit_range(v.array, modalities[i] if modalities else None, f"volume {source_name(i)}")
-            for i, v in enumerate(loaded)
-        ]
-    )  # (K, D, H, W)
-    slices = np.moveaxis(standardised, axis + 1, 1)  # (K, S, h, w): slices along the chosen axis
-    count = slices.shape[1]
-    fused = np.empty(slices.shape[1:], dtype=np.float32)
-    shares = np.empty(slices.shape, dtype=np.float32) if contributions else None  # (K, S, h, w)
+    # Each volume's statistics are taken once, over the whole volume; the slices are standardised a
+    # batch at a time from them (same numbers), so no standardised copy of the volumes is ever made.
+    mappings = [unit_range_mapping(v.array, modalities[i] if modalities else None, f"volume {source_name(i)}")
+                for i, v in enumerate(loaded)]
+
+    def standardised(start: int, stop: int) -> np.ndarray:
+        """Slices ``[start, stop)`` along ``axis`` of every volume on [0, 1]: ``(stop - start, K, h, w)``."""
+        return np.stack([np.moveaxis(mapping(np.take(v.array, range(start, stop), axis=axis)), axis, 0)
+                         for mapping, v in zip(mappings, loaded)], axis=1)
+
+    count = reference.array.shape[axis]
+    plane = tuple(n for a, n in enumerate(reference.array.shape) if a != axis)
+    fused = np.empty((count, *plane), dtype=np.float32)
+    shares = np.empty((len(loaded), count, *plane), dtype=np.float32) if contributions else None  # (K, S, h, w)
     resolved = resolve_device(device)
     torch_device = resolved if isinstance(method, FusionModel) else None
     if torch_device is None and block_size is not None:
@@ -439,9 +453,10 @@ def fuse_volume(
             if cancel is not None and cancel.is_set():
                 raise FusionCancelled("fusion cancelled")
             stop = min(start + batch_size, count)
+            group = standardised(start, stop)  # (b, K, h, w)
             if isinstance(method, FusionModel):
-                batch = torch.from_numpy(np.ascontiguousarray(slices[:, start:stop].transpose(1, 0, 2, 3)))
-                out = method.fuse_tensor(batch.to(torch_device), block_size=block_size, contributions=contributions)
+                out = method.fuse_tensor(torch.from_numpy(group).to(torch_device), block_size=block_size,
+                                         contributions=contributions)
                 if contributions:
                     out, batch_shares = out
                     shares[:, start:stop] = batch_shares.float().cpu().numpy().transpose(1, 0, 2, 3)
@@ -449,9 +464,9 @@ def fuse_volume(
             else:
                 for s in range(start, stop):
                     if contributions:
-                        fused[s], shares[:, s] = method.fuse_with_contributions(list(slices[:, s]))
+                        fused[s], shares[:, s] = method.fuse_with_contributions(list(group[s - start]))
                     else:
-                        fused[s] = method.fuse(list(slices[:, s]))
+                        fused[s] = method.fuse(list(group[s - start]))
             if progress is not None:
                 progress(stop / count, f"fused slices {stop}/{count}")
     seconds = time.perf_counter() - clock
