@@ -105,6 +105,24 @@ def test_pyramid_filters_are_bit_for_bit_pytorchs():
                 assert torch.equal(reference, compiled), (height, width)
 
 
+def test_whole_pyramids_are_bit_for_bit_pytorchs():
+    """The one-call Laplacian pyramid and collapse give PyTorch's levels exactly, down to 1-pixel sides."""
+    rng = np.random.default_rng(1)
+    for height, width, levels in ((37, 50, 4), (16, 16, 3), (5, 3, 2), (9, 1, 3), (64, 64, 0)):
+        x = torch.from_numpy(rng.random((2, 3, height, width), dtype=np.float32))
+
+        def pyramid():
+            with inference_context():
+                levels_ = networks.laplacian_pyramid(x, levels)
+                return (*levels_, networks.collapse_pyramid(levels_))
+
+        reference, compiled = _both(pyramid)
+        assert len(reference) == len(compiled) == levels + 2
+        for a, b in zip(reference, compiled):
+            assert a.shape == b.shape and torch.equal(a, b), (height, width, levels)
+        torch.testing.assert_close(compiled[-1], x, atol=1e-6, rtol=0)  # collapsing gives the image back
+
+
 def test_without_numba_pytorch_does_it_all(monkeypatch, examples):
     monkeypatch.setattr(networks, "compiled_kernels", lambda: None)
     with inference_context():

@@ -88,16 +88,19 @@ def context_part(context, count, weight_own, weight_pooled, part):
     """The context's share of a score head's hidden layer: ``part[n, j] = weight_own[j] . context[n]
     + weight_pooled[j] . mean_k context[k]`` (the mean over the K inputs of n's batch item).
 
+    The mean's share is the same for the K inputs of a batch item, so it is computed once per item
+    and row and added to each input's own share.
+
     :param context: ``(B*K, C, H, W)`` float32 features of every input.
     :param count: K.
     :param part: ``(B*K, hidden, H, W)`` float32, written.
     """
     total, channels, height, width = context.shape
     hidden = weight_own.shape[0]
-    for job in numba.prange(total * height):
-        n = job // height
+    items = total // count
+    for job in numba.prange(items * height):
+        first = (job // height) * count
         y = job % height
-        first = (n // count) * count
         pooled = np.zeros((channels, width), dtype=np.float32)
         for k in range(first, first + count):
             for c in range(channels):
@@ -107,22 +110,28 @@ def context_part(context, count, weight_own, weight_pooled, part):
         for c in range(channels):
             for x in range(width):
                 pooled[c, x] /= count
-        own_sum = np.empty(width, dtype=np.float32)
+        shared = np.zeros((hidden, width), dtype=np.float32)  # the mean's share, summed over c in order
         for j in range(hidden):
-            hidden_row = part[n, j, y]
-            for x in range(width):
-                own_sum[x] = 0.0
-                hidden_row[x] = 0.0
+            shared_row = shared[j]
             for c in range(channels):
-                own = weight_own[j, c]
                 mean = weight_pooled[j, c]
-                context_row = context[n, c, y]
                 pooled_row = pooled[c]
                 for x in range(width):
-                    own_sum[x] += own * context_row[x]
-                    hidden_row[x] += mean * pooled_row[x]
-            for x in range(width):  # PyTorch's grouping: (own part + mean part), bias added with the terms
-                hidden_row[x] = own_sum[x] + hidden_row[x]
+                    shared_row[x] += mean * pooled_row[x]
+        own_sum = np.empty(width, dtype=np.float32)
+        for n in range(first, first + count):
+            for j in range(hidden):
+                for x in range(width):
+                    own_sum[x] = 0.0
+                for c in range(channels):
+                    own = weight_own[j, c]
+                    context_row = context[n, c, y]
+                    for x in range(width):
+                        own_sum[x] += own * context_row[x]
+                hidden_row = part[n, j, y]
+                shared_row = shared[j]
+                for x in range(width):  # PyTorch's grouping: (own part + mean part), bias added with the terms
+                    hidden_row[x] = own_sum[x] + shared_row[x]
 
 
 @_jit_parallel
@@ -237,3 +246,63 @@ def expand(source, out, w0, w1, w2, replicate):
                 target[j] = (w0 * (_inserted(row, j - 2, width, replicate) + _inserted(row, j + 2, width, replicate))
                              + w1 * (_inserted(row, j - 1, width, replicate) + _inserted(row, j + 1, width, replicate))
                              + w2 * _inserted(row, j, width, replicate))
+
+
+# --------------------------------------------------------------------------- whole pyramids
+#
+# A Laplacian pyramid, and its collapse, in one call each instead of a REDUCE, an EXPAND and a
+# subtraction (or an addition) per level from Python: the same kernels, in the same order, so the
+# same float32 numbers; what goes is the per-call cost of about 20 small steps per fusion.
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _replicates(height, width):
+    """The border rule of :func:`MedFusionLib.engine.networks._compiled_filter`: replicate below 3 samples."""
+    return min(height, width) <= 2
+
+
+@_jit
+def laplacian_pyramid(source, coarse, details, reduce_taps, expand_taps):
+    """``details[l] = G_l - EXPAND(G_{l+1})`` and ``coarse[l] = G_{l+1} = REDUCE(G_l)``, ``G_0 = source``.
+
+    :param source: ``(N, H, W)`` float32 planes.
+    :param coarse: the levels' REDUCE outputs, ``(N, ceil(H_l / 2), ceil(W_l / 2))`` each (the last is the base).
+    :param details: the detail levels, ``(N, H_l, W_l)`` each; written.
+    :param reduce_taps: the blur's three taps; ``expand_taps``: the EXPAND's (doubled) ones.
+    """
+    current = source
+    for level in range(len(details)):
+        height, width = current.shape[1], current.shape[2]
+        replicate = _replicates(height, width)
+        out = coarse[level]
+        reduce(current, out, reduce_taps[0], reduce_taps[1], reduce_taps[2], replicate)
+        detail = details[level]
+        expand(out, detail, expand_taps[0], expand_taps[1], expand_taps[2], replicate)
+        for n in range(detail.shape[0]):
+            for i in range(height):
+                fine = current[n, i]
+                row = detail[n, i]
+                for j in range(width):
+                    row[j] = fine[j] - row[j]
+        current = out
+
+
+@_jit
+def collapse_pyramid(details, base, images, expand_taps):
+    """``images[l] = EXPAND(images[l+1]) + details[l]``, from ``base`` up (``images[0]`` is the image).
+
+    :param details: ``(N, H_l, W_l)`` each; ``base``: ``(N, h, w)``; ``images``: like ``details``, written.
+    """
+    current = base
+    for level in range(len(details) - 1, -1, -1):
+        image = images[level]
+        detail = details[level]
+        height, width = image.shape[1], image.shape[2]
+        expand(current, image, expand_taps[0], expand_taps[1], expand_taps[2], _replicates(height, width))
+        for n in range(image.shape[0]):
+            for i in range(height):
+                row = image[n, i]
+                add = detail[n, i]
+                for j in range(width):
+                    row[j] = row[j] + add[j]
+        current = image

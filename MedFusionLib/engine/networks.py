@@ -130,8 +130,25 @@ def max_levels(height: int, width: int, coarsest: int = 4) -> int:
     return levels
 
 
+def _level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
+    """The sides of pyramid levels 0..levels (each REDUCE takes a side of n to ceil(n / 2))."""
+    sizes = [(height, width)]
+    for _ in range(levels):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    return sizes
+
+
 def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """``[L_0, ..., L_{levels-1}, base]`` of a ``(B, C, H, W)`` tensor; collapsing it is exact."""
+    kernels = _kernels_for(x) if levels else None
+    if kernels is not None:  # one compiled call for the whole pyramid, the same numbers
+        planes = x.contiguous().view(-1, *x.shape[-2:])
+        sizes = _level_sizes(*x.shape[-2:], levels)
+        details = [planes.new_empty((planes.shape[0], *size)) for size in sizes[:-1]]
+        coarse = [planes.new_empty((planes.shape[0], *size)) for size in sizes[1:]]
+        kernels.laplacian_pyramid(planes.numpy(), tuple(c.numpy() for c in coarse), tuple(d.numpy() for d in details),
+                                  _TAPS[1.0], _TAPS[2.0])
+        return [level.view(*x.shape[:-2], *level.shape[-2:]) for level in (*details, coarse[-1])]
     pyramid = []
     current = x
     for _ in range(levels):
@@ -144,6 +161,15 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
 
 def collapse_pyramid(pyramid: list[torch.Tensor]) -> torch.Tensor:
     """Inverse of :func:`laplacian_pyramid`."""
+    kernels = _kernels_for(*pyramid) if len(pyramid) > 1 else None
+    if kernels is not None:  # one compiled call, the same numbers
+        lead = pyramid[0].shape[:-2]
+        details = [level.contiguous().view(-1, *level.shape[-2:]) for level in pyramid[:-1]]
+        base = pyramid[-1].contiguous().view(-1, *pyramid[-1].shape[-2:])
+        images = [level.new_empty(level.shape) for level in details]
+        kernels.collapse_pyramid(tuple(d.numpy() for d in details), base.numpy(), tuple(i.numpy() for i in images),
+                                 _TAPS[2.0])
+        return images[0].view(*lead, *images[0].shape[-2:])
     image = pyramid[-1]
     for detail in reversed(pyramid[:-1]):
         image = pyramid_expand(image, detail.shape[-2:]) + detail
