@@ -19,7 +19,11 @@ the Laplacian pyramid's, a block-grid index within 0.03 of the pyramid's, and a 
 within 2x the default CNN's (measured here, interleaved). The block-grid index (GRID, see
 :func:`MedFusionLib.metrics.block_grid_index`; not ranked) is printed for every method.
 
-Run: ``python benchmarks/bench_quality.py [--cases 4] [--seed 500] [--mni152] [--model default|dbm|FILE]``
+Per pair it also prints the model's sample std over the cases and the metrics on which it is
+first against every baseline (the quality issue's bar: first on at least 4 of the 6 in every
+pair). ``--seed 500,900,1300`` pools three held-out phantom sets.
+
+Run: ``python benchmarks/bench_quality.py [--cases 4] [--seed 500[,900,...]] [--mni152] [--model default|dbm|FILE]``
 """
 
 from __future__ import annotations
@@ -60,8 +64,9 @@ def mni152_groups(modalities: tuple[str, str], pair_index: int) -> list[list[np.
     return groups
 
 
-def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.ndarray]:
-    """Mean metrics per method (rows) over input groups of one modality pair; the last column is GRID."""
+def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Mean and sample std of the metrics per method (rows) over input groups of one modality pair;
+    the last column is GRID."""
     methods = ["model", *BASELINES]
     totals = {m: [] for m in methods}
     for inputs in groups:
@@ -69,7 +74,15 @@ def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.n
             fused = fuse(inputs, method=model if method == "model" else method).image
             values = evaluate(fused, inputs, metrics=RANK_METRICS, data_range=(0, 1))
             totals[method].append([values[k] for k in RANK_METRICS] + [block_grid_index(fused)])
-    return methods, np.array([np.mean(totals[m], axis=0) for m in methods])
+    means = np.array([np.mean(totals[m], axis=0) for m in methods])
+    spreads = np.array([np.std(totals[m], axis=0, ddof=1) if len(groups) > 1 else np.zeros(means.shape[1])
+                        for m in methods])
+    return methods, means, spreads
+
+
+def firsts(means: np.ndarray) -> list[str]:
+    """The ranked metrics on which the model (row 0) is first against every baseline (ties count as first)."""
+    return [key for index, key in enumerate(RANK_METRICS) if means[0, index] >= means[1:, index].max()]
 
 
 def time_ratio(model, reference, inputs: list[np.ndarray], rounds: int = 15) -> tuple[float, float]:
@@ -88,8 +101,9 @@ def time_ratio(model, reference, inputs: list[np.ndarray], rounds: int = 15) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=None, help="held-out phantoms per modality pair (default 4)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="held-out phantom set: seeds from EVALUATION_SEED_BASE + this (>= 0; default 500)")
+    parser.add_argument("--seed", type=lambda text: [int(v) for v in text.split(",") if v.strip()], default=None,
+                        help="held-out phantom set(s): seeds from EVALUATION_SEED_BASE + this (>= 0; default 500); "
+                             "a comma list (e.g. 500,900,1300) pools several sets")
     parser.add_argument("--mni152", action="store_true",
                         help="score six fixed MNI152-derived slices per pair instead of procedural phantoms "
                              "(needs nilearn; not combinable with --cases or --seed)")
@@ -98,29 +112,37 @@ def main() -> None:
     if args.mni152 and (args.cases is not None or args.seed is not None):
         parser.error("--mni152 scores six fixed slices per pair; --cases and --seed apply to phantoms only")
     args.cases = 4 if args.cases is None else args.cases
-    args.seed = 500 if args.seed is None else args.seed
-    if args.seed < 0:
+    args.seed = [500] if args.seed is None else args.seed
+    if not args.seed or min(args.seed) < 0:
         parser.error("--seed must be >= 0 (smaller seeds are training seeds)")
     model = load_method(args.model)
     dbm = getattr(model, "family", None) == "dbm"
     shown_model = f"{model.family.upper()}" if dbm else "MedFusion"
     passed = 0
     first_groups = None
+    first_counts: list[int] = []
     for pair_index, modalities in enumerate(MODALITY_PAIRS):
         if args.mni152:
             groups, label = mni152_groups(modalities, pair_index), "6 MNI152-derived slices"
         else:
-            groups, label = phantom_groups(modalities, args.cases, args.seed), f"{args.cases} held-out phantoms"
+            groups = [g for seed in args.seed for g in phantom_groups(modalities, args.cases, seed)]
+            label = (f"{args.cases} held-out phantoms" + (f" x {len(args.seed)} seed sets "
+                     f"({', '.join(map(str, args.seed))})" if len(args.seed) > 1 else f", seed +{args.seed[0]}"))
         first_groups = first_groups or groups
-        methods, values = score_groups(model, groups)
+        methods, values, spreads = score_groups(model, groups)
         ranked = values[:, : len(RANK_METRICS)]
         ranks = (-ranked).argsort(axis=0).argsort(axis=0) + 1
         mean_rank = ranks.mean(axis=1)
-        print(f"\n{' + '.join(modalities)} ({label})")
+        print(f"\n{' + '.join(modalities)} ({label}; means, the model's sample std below)")
         print(f"  {'method':14s}" + "".join(f"{k:>9s}" for k in RANK_METRICS) + f"{'GRID':>9s}   mean rank")
         for name, row, rank in zip(methods, values, mean_rank):
             shown = shown_model if name == "model" else name
             print(f"  {shown:14s}" + "".join(f"{v:9.4f}" for v in row) + f"   {rank:5.2f}")
+            if name == "model":
+                print(f"  {'  +- std':14s}" + "".join(f"{v:9.4f}" for v in spreads[0]))
+        won = firsts(ranked)
+        first_counts.append(len(won))
+        print(f"  {shown_model} is first on {len(won)} of {len(RANK_METRICS)}: {', '.join(won) or 'none'}")
         if dbm:  # the DBM's bars: at least the Laplacian pyramid on edges and structure, no block grid
             pyramid = values[methods.index("laplacian")]
             bars = {"Q^AB/F >= Laplacian": values[0, 0] >= pyramid[0],
@@ -132,6 +154,9 @@ def main() -> None:
         passed += all(bars.values())
         print("  " + "; ".join(f"{name}: {'PASS' if ok else 'FAIL'}" for name, ok in bars.items()))
     print(f"\nmodality pairs passing {'all bars' if dbm else 'both bars'}: {passed} / {len(MODALITY_PAIRS)}")
+    print(f"first places per pair ({shown_model}): {', '.join(map(str, first_counts))} of {len(RANK_METRICS)} "
+          f"(the quality issue's bar: >= 4 in every pair; {sum(c >= 4 for c in first_counts)} of "
+          f"{len(first_counts)} pairs now)")
     if dbm:
         mine, cnn = time_ratio(model, load_method("default"), first_groups[0])
         print(f"fusion time of one 256 x 256 pair: DBM {mine * 1e3:.1f} ms, default CNN {cnn * 1e3:.1f} ms, "
