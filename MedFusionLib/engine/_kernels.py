@@ -83,6 +83,13 @@ def blur(source, out, w0, w1, w2, replicate):
                 target[j] = _tap(row, j, width, replicate, w0, w1, w2)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_scaled(accumulator, weight, row):
+    """``accumulator += weight * row``, element by element (one channel of a 1x1 convolution)."""
+    for x in range(accumulator.size):
+        accumulator[x] += weight * row[x]
+
+
 @_jit_parallel
 def context_part(context, count, weight_own, weight_pooled, part):
     """The context's share of a score head's hidden layer: ``part[n, j] = weight_own[j] . context[n]
@@ -112,22 +119,15 @@ def context_part(context, count, weight_own, weight_pooled, part):
                 pooled[c, x] /= count
         shared = np.zeros((hidden, width), dtype=np.float32)  # the mean's share, summed over c in order
         for j in range(hidden):
-            shared_row = shared[j]
             for c in range(channels):
-                mean = weight_pooled[j, c]
-                pooled_row = pooled[c]
-                for x in range(width):
-                    shared_row[x] += mean * pooled_row[x]
+                _add_scaled(shared[j], weight_pooled[j, c], pooled[c])
         own_sum = np.empty(width, dtype=np.float32)
         for n in range(first, first + count):
             for j in range(hidden):
                 for x in range(width):
                     own_sum[x] = 0.0
                 for c in range(channels):
-                    own = weight_own[j, c]
-                    context_row = context[n, c, y]
-                    for x in range(width):
-                        own_sum[x] += own * context_row[x]
+                    _add_scaled(own_sum, weight_own[j, c], context[n, c, y])
                 hidden_row = part[n, j, y]
                 shared_row = shared[j]
                 for x in range(width):  # PyTorch's grouping: (own part + mean part), bias added with the terms
@@ -154,10 +154,7 @@ def head_scores(part, terms, weight_terms, bias, out_weight, out_bias, out):
             for x in range(width):
                 hidden_row[x] = 0.0
             for t in range(n_terms):
-                weight = weight_terms[j, t]
-                terms_row = terms[n, t, y]
-                for x in range(width):
-                    hidden_row[x] += weight * terms_row[x]
+                _add_scaled(hidden_row, weight_terms[j, t], terms[n, t, y])
             source = part[n, j, y]
             scale = out_weight[j]
             for x in range(width):  # PyTorch's grouping: (terms + bias) + context part; products summed, then bias
