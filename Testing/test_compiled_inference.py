@@ -123,6 +123,24 @@ def test_whole_pyramids_are_bit_for_bit_pytorchs():
         torch.testing.assert_close(compiled[-1], x, atol=1e-6, rtol=0)  # collapsing gives the image back
 
 
+def test_a_fresh_process_may_start_with_the_whole_pyramid_kernels():
+    """In a new process whose first compiled code is the one-call pyramid (loaded from numba's cache
+    after the first run), it runs and collapses back to the image."""
+    import subprocess
+    import sys
+
+    script = ("import torch, MedFusionLib.engine.networks as n\n"
+              "x = torch.rand(4, 2, 64, 64)\n"
+              "with torch.inference_mode():\n"
+              "    levels = n.laplacian_pyramid(x, 3)\n"
+              "    assert n._kernels_for(x) is not None\n"
+              "    print(float((n.collapse_pyramid(levels) - x).abs().max()))\n")
+    for _ in range(2):  # the second run loads what the first compiled (or both load an existing cache)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert float(run.stdout.strip()) < 1e-6
+
+
 def test_without_numba_pytorch_does_it_all(monkeypatch, examples):
     monkeypatch.setattr(networks, "compiled_kernels", lambda: None)
     with inference_context():

@@ -258,7 +258,8 @@ def _replicates(height, width):
     return min(height, width) <= 2
 
 
-@_jit
+# Parallel, like the EXPAND they call: their own subtractions and additions share its threads.
+@_jit_parallel
 def laplacian_pyramid(source, coarse, details, reduce_taps, expand_taps):
     """``details[l] = G_l - EXPAND(G_{l+1})`` and ``coarse[l] = G_{l+1} = REDUCE(G_l)``, ``G_0 = source``.
 
@@ -275,16 +276,16 @@ def laplacian_pyramid(source, coarse, details, reduce_taps, expand_taps):
         reduce(current, out, reduce_taps[0], reduce_taps[1], reduce_taps[2], replicate)
         detail = details[level]
         expand(out, detail, expand_taps[0], expand_taps[1], expand_taps[2], replicate)
-        for n in range(detail.shape[0]):
-            for i in range(height):
-                fine = current[n, i]
-                row = detail[n, i]
-                for j in range(width):
-                    row[j] = fine[j] - row[j]
+        planes = detail.shape[0]
+        for job in numba.prange(planes * height):
+            fine = current[job // height, job % height]
+            row = detail[job // height, job % height]
+            for j in range(width):
+                row[j] = fine[j] - row[j]
         current = out
 
 
-@_jit
+@_jit_parallel
 def collapse_pyramid(details, base, images, expand_taps):
     """``images[l] = EXPAND(images[l+1]) + details[l]``, from ``base`` up (``images[0]`` is the image).
 
@@ -296,10 +297,10 @@ def collapse_pyramid(details, base, images, expand_taps):
         detail = details[level]
         height, width = image.shape[1], image.shape[2]
         expand(current, image, expand_taps[0], expand_taps[1], expand_taps[2], _replicates(height, width))
-        for n in range(image.shape[0]):
-            for i in range(height):
-                row = image[n, i]
-                add = detail[n, i]
-                for j in range(width):
-                    row[j] = row[j] + add[j]
+        planes = image.shape[0]
+        for job in numba.prange(planes * height):
+            row = image[job // height, job % height]
+            add = detail[job // height, job % height]
+            for j in range(width):
+                row[j] = row[j] + add[j]
         current = image
