@@ -51,7 +51,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "training": TrainingConfig(
             iterations=3000, batch_size=16, learning_rate=3e-3, gradient_weight=0.5, structure_weight=0.25,
             validation_every=100, validation_blocks=128, patience=20, seed=0, device="cpu",
-            pretrain_epochs=5, pretrain_blocks=20000, patch_size=64,
+            pretrain_epochs=5, pretrain_blocks=20000,  # patches: 64 px (training_patch_size; smaller images: less)
         ),
         "modalities": ["CT or MRI", "MRI, PET or SPECT"],
     },

@@ -375,8 +375,22 @@ def test_training_patch_size_is_checked_and_used(dataset):
         with pytest.raises(InputError, match="patch_size"):
             model.fit(dataset, TrainingConfig(iterations=2, patch_size=bad))
     assert training_patch_size(model, TrainingConfig(patch_size=8), dataset) == 8
+    with pytest.raises(InputError, match="smaller than the DBM's 4x4 blocks"):
+        training_patch_size(model, TrainingConfig(patch_size=2), dataset)
+    with pytest.raises(InputError, match="larger than the smallest training image side"):
+        training_patch_size(model, TrainingConfig(patch_size=1024), dataset)
     values = FusionModel.create("dbm", 2, 4, layer_sizes=(16,), predicts="values")
     assert training_patch_size(values, TrainingConfig(), dataset) == 4  # the first form learns whole blocks
+    with pytest.raises(InputError, match="predicts fused 4x4 blocks"):
+        values.fit(dataset, TrainingConfig(iterations=2, patch_size=8))
+
+
+def test_stride_is_refused_where_no_blocks_are_fused():
+    image = np.zeros((16, 16), np.float32)
+    with pytest.raises(InputError, match="cuts its own 8x8 blocks at stride 4"):
+        FusionModel.create("dbm", 2, 8, layer_sizes=(16,), seed=0).fuse([image, image], stride=2)
+    with pytest.raises(InputError, match="needs block_size"):
+        FusionModel.create("cnn", 2, 16).fuse([image, image], stride=8)
 
 
 def test_small_block_fraction_is_checked(dataset):

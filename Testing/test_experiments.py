@@ -281,6 +281,10 @@ def test_block_size_study_can_train_per_block_size_and_family(cases):
     assert [r["method"] for r in only_cnn.tables["block_size_rows"]] == ["default (block mode)", "trained at n"]
     with pytest.raises(InputError, match="train_families"):
         block_size_study(cases[:1], (2,), train=True, train_families=["gan"])
+    three = [Case("three", "CT+MRI_T1+extra", (*cases[0].inputs, cases[0].inputs[0]), cases[0].target)]
+    skipped = block_size_study(three, (2,), train=True, quick_training=True)  # a DBM fuses 2 inputs only
+    assert [r["method"] for r in skipped.tables["block_size_rows"]] == ["default (block mode)", "trained at n"]
+    assert "3 inputs" in skipped.config["training_skipped"]["dbm"]
 
 
 # ---------------------------------------------------------------------- convergence

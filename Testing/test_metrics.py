@@ -648,6 +648,7 @@ def test_compiled_atan_and_exp_are_fdlibms_to_one_ulp():
     reference = np.arctan(x)
     assert np.all(np.abs(angles - reference) <= np.spacing(np.abs(reference)))  # within 1 ulp
     assert angles[-2] == np.pi / 2 and angles[-1] == -np.pi / 2
+    assert np.signbit(angles[np.flatnonzero(x == 0)[1]])  # atan(-0.0) is -0.0: odd throughout
     nan = np.array([np.nan])
     kernels.atan_in_place(nan)
     assert np.isnan(nan[0])

@@ -83,8 +83,9 @@ class FusionLogic:
             None to create a new one.
         :param targetVolumeNode: optional target (ideal fused) volume; adds the full-reference
             metrics (RMSE, PSNR, SSIM, REL, CE, H). Same grid as the first input unless resampling.
-        :param method: ``"default"`` (the shipped model), a model file path, or a baseline name
-            (``"average"``, ``"maximum"``, ``"laplacian"``, ``"guided_filter"``, ``"wavelet"``).
+        :param method: ``"default"`` (the shipped CNN), ``"dbm"`` (the shipped DBM, two inputs), a model
+            file path, or a baseline name (``"average"``, ``"maximum"``, ``"laplacian"``, ``"guided_filter"``,
+            ``"wavelet"``).
         :param axis: array axis to fuse slices along: 0 = K (the slowest index, axial for an axial
             scan), 1 = J, 2 = I.
         :param blockSize: None (whole-slice inference) or n = 2^i to fuse overlapping n x n blocks.
@@ -107,7 +108,7 @@ class FusionLogic:
         :param plotMetrics: metric keys to plot against the slice index.
         :param computeContributions: also write where each fused voxel came from, as a volume with a
             colour table to overlay on the fused one (see :func:`.scene_writers.write_contributions`;
-            not for the DBM model, which predicts values rather than weights of its inputs).
+            not for a DBM model file of the first form, which predicts values rather than weights).
         :param contributionVolumeNode: a scalar volume node for the contribution map (never an input,
             the target or the output), or None to create one.
         :returns: a :class:`~.jobs.MedFusionResult`.

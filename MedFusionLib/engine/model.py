@@ -180,8 +180,13 @@ class FusionModel:
                 )
             # A DBM that predicts weights cuts its own blocks from the whole image; one of the first
             # form fuses overlapping blocks of its size, joined below.
+            if self.network.has_contributions and stride is not None:
+                raise InputError(f"stride: this DBM cuts its own {self.block_size}x{self.block_size} blocks at "
+                                 f"stride {max(1, self.block_size // 2)}; leave stride unset")
             block_size = None if self.network.has_contributions else self.block_size
         if block_size is None:
+            if stride is not None:
+                raise InputError("stride: a block step needs block_size (the whole image is fused in one pass)")
             return self.network.fuse_with_contributions(inputs) if contributions else self.network(inputs)
         block_size = validate_block_size(block_size, tuple(inputs.shape[-2:]))
         stride = validate_stride(stride if stride is not None else default_stride(block_size), block_size)

@@ -403,7 +403,8 @@ class BlockDBMNet(nn.Module):
       nothing changes at a block border) and, per level, added to ``p_l log(a_k + eps)``,
       where ``a_k`` is input k's local detail activity there and ``p_l`` a learned
       power (as in the CNN's heads, per-pixel detail decides at edges); a softmax over
-      the inputs gives the weights of each input's pyramid level. The fused pyramid
+      the inputs gives the weights of each input's pyramid level (level l reads the
+      full-resolution scores at the pixels its REDUCE kept, every 2^l-th). The fused pyramid
       collapses into the image, clamped pixel by pixel to the inputs' range. The
       fused image is thus a convex combination of the inputs at every scale: the
       DBM decides which input wins where, block by block, and cannot paint a block
@@ -497,15 +498,15 @@ class BlockDBMNet(nn.Module):
         pyramid = laplacian_pyramid(x, levels)
         grid = self.block_scores(x)
         step = max(1, self.block_size // 2)
-        full = (grid.shape[-2] * step, grid.shape[-1] * step)
+        # Between block centres, bilinearly, at full resolution (the padded extent, then cropped); level l
+        # takes every 2^l-th row and column, the samples its REDUCE kept, so each level's scores sit
+        # where its pixels do.
+        full = F.interpolate(grid, size=(grid.shape[-2] * step, grid.shape[-1] * step), mode="bilinear",
+                             align_corners=False)[..., :height, :width]
         weights = []
         for index, level in enumerate(pyramid):
-            size = tuple(level.shape[-2:])
             head = self.levels if index == len(pyramid) - 1 else index  # the base has its own scores
-            scores = grid[:, head * count : (head + 1) * count]
-            # Between block centres, bilinearly, on this level's grid (the padded extent, then cropped).
-            extent = (-(-full[0] // 2**index), -(-full[1] // 2**index))
-            scores = F.interpolate(scores, size=extent, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+            scores = full[:, head * count : (head + 1) * count, :: 2**index, :: 2**index]
             if index < len(pyramid) - 1:
                 activity = _separable_blur(level.abs())
                 scores = scores + self.activity_power[index] * torch.log(activity + self.activity_floor)

@@ -397,10 +397,19 @@ def training_patch_size(model: "FusionModel", config: TrainingConfig, dataset: T
     """Side of the training patches: ``config.patch_size``, else the model's block size, except for a
     DBM that predicts weights: the largest power of two up to 64 that the images hold (at least its
     block size), so each patch spans several of its blocks and the scores' joins are trained too."""
-    if config.patch_size is not None:
-        return config.patch_size
     n = model.block_size
-    if model.family != "dbm" or not getattr(model.network, "has_contributions", False):
+    cuts_blocks = model.family == "dbm" and getattr(model.network, "has_contributions", False)
+    if config.patch_size is not None:
+        if model.family == "dbm" and not cuts_blocks and config.patch_size != n:
+            raise InputError(f"training patch_size: this DBM predicts fused {n}x{n} blocks, so it trains on "
+                             f"blocks of {n}; got {config.patch_size}")
+        if cuts_blocks and config.patch_size < n:
+            raise InputError(f"training patch_size: {config.patch_size} is smaller than the DBM's {n}x{n} blocks")
+        if config.patch_size > dataset.min_side():
+            raise InputError(f"training patch_size: {config.patch_size} is larger than the smallest training "
+                             f"image side {dataset.min_side()}")
+        return config.patch_size
+    if not cuts_blocks:
         return n
     side = min(64, dataset.min_side())
     return max(n, 1 << (side.bit_length() - 1))

@@ -132,6 +132,11 @@ def block_size_study(
     for family in families:
         if family not in TRAINED_LABELS:
             raise InputError(f"train_families: expected some of {sorted(TRAINED_LABELS)}, got {family!r}")
+    skipped: dict[str, str] = {}
+    counts = sorted({len(c.inputs) for c in cases})
+    if "dbm" in families and counts != [2]:  # the per-n DBM learns from 2-input phantoms and fuses 2 inputs only
+        families.remove("dbm")
+        skipped["dbm"] = f"the groups have {', '.join(map(str, counts))} inputs; a DBM fuses the 2 it was trained with"
     seed_everything(seed)
     base = load_method(model)
     base_label = f"{method_label(model)} (block mode)"
@@ -167,7 +172,7 @@ def block_size_study(
     rows = [{c: row.get(c) for c in columns} for row in rows]
     config = {"model": method_label(model), "dbm": None if dbm is None else method_label(dbm),
               "exponents": exponents, "block_sizes": [2**i for i in exponents],
-              "train": train, "training": trained, "metrics": list(metrics), "seed": seed,
+              "train": train, "training": trained, "training_skipped": skipped, "metrics": list(metrics), "seed": seed,
               "device": resolved_device(device), "stride": "n / 2", "data": describe(cases)}
     return StudyResult(STUDY, {"block_size_rows": rows, "block_size_summary": summarise(rows)}, config)
 

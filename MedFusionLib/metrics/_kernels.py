@@ -388,8 +388,11 @@ def qabf_sums(images, constants, first, end):
                 g_f = strength[sources, j]
                 ratio = g_f / g_s if g_s > g_f else (g_f if g_s == g_f else g_s / g_f)
                 agreement = 1.0 - abs(angle[k, j] - angle[sources, j]) / half_pi
-                decays[0, k, j] = k_g * (ratio - d_g)
-                decays[1, k, j] = k_a * (agreement - d_a)
+                # Floored at -700: exp() is then below 1e-304 and 1 + exp() is exactly 1, as it is for the
+                # exponent itself (VIFB's equal-strength rule makes ratio = g_F, which can exceed 47 and
+                # send the exponent below -708, where exp_in_place would take the slow path for the row).
+                decays[0, k, j] = max(k_g * (ratio - d_g), -700.0)
+                decays[1, k, j] = max(k_a * (agreement - d_a), -700.0)
         exp_in_place(decays, scratch)
         for j in range(width):
             for k in range(sources):
@@ -733,7 +736,7 @@ def atan_in_place(values):
         # fdlibm: x - x (s1 + s2) below 7/16, else atanhi - ((r (s1 + s2) - atanlo) - r); with
         # hi = lo = 0 the second is the first (0 - (t - r) = r - t exactly).
         result = hi - ((r * (s1 + s2) - lo) - r)
-        flat[i] = -result if x < 0.0 else result
+        flat[i] = math.copysign(result, x)  # odd, -0.0 included
 
 
 _INV_LN2 = 1.44269504088896338700e00

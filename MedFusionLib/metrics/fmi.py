@@ -206,7 +206,7 @@ def _block_buffers(count: int, length: int, windows: int) -> tuple[np.ndarray, .
 
     pdf, CDF, log pdf, stats; joint, log joint, base, total, same; the logarithm's
     scratch. The arrays whose logarithms are taken start as ones: the logarithm runs
-    over whole arrays, and a last, partial block leaves their tails as they were.
+    over whole arrays (a last, partial block sets their tails back to ones first).
     """
     return (
         np.empty((count, length, windows)),
@@ -234,6 +234,9 @@ def _compiled_rows(kernels, features, size, first_row: int, end_row: int, rows: 
     for r0 in range(first_row, end_row, rows):
         r1 = min(r0 + rows, end_row)
         used = (r1 - r0) * out_cols
+        if used < log_pdf.shape[-1]:  # the tails hold the last block's logarithms (<= 0): back to ones,
+            log_pdf[..., used:] = 1.0  # so the vectorised logarithm never meets a value it hands to the
+            log_joint[:, used:] = 1.0  # scalar C library (see _kernels.log_in_place)
         kernels.fmi_windows(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats)
         kernels.log_in_place(log_pdf, log_scratch)
         kernels.fmi_pairs(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats,
