@@ -176,6 +176,26 @@ def collapse_pyramid(pyramid: list[torch.Tensor]) -> torch.Tensor:
     return image
 
 
+def fuse_weighted_pyramid(
+    x: torch.Tensor, pyramid: list[torch.Tensor], weights: list[torch.Tensor], clamp: bool, contributions: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Both families' last step: the inputs' pyramid levels weighted per level (weights summing to 1
+    over the K inputs), collapsed, optionally clamped per pixel to the inputs' range, and, if asked,
+    each input's share (:func:`MedFusionLib.contributions.combine_scales`, through the same EXPAND).
+
+    :returns: the fused ``(B, 1, H, W)`` and the shares ``(B, K, H, W)`` or None.
+    """
+    fused_levels = [(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)]
+    fused = collapse_pyramid(fused_levels)
+    if clamp:
+        # (minimum/maximum rather than clamp: the shipped weights were trained with this form,
+        # and the two split the gradient differently where the fused value meets a bound)
+        fused = torch.minimum(torch.maximum(fused, x.amin(dim=1, keepdim=True)), x.amax(dim=1, keepdim=True))
+    if not contributions:
+        return fused, None
+    return fused, combine_scales(list(zip(weights[:-1], fused_levels[:-1])), weights[-1], pyramid_expand)
+
+
 class PyramidWeightCNN(nn.Module):
     """CNN predicting per-level, per-pixel fusion weights of a Laplacian pyramid, for any K >= 2.
 
@@ -374,16 +394,7 @@ class PyramidWeightCNN(nn.Module):
         is none), through the same EXPAND that collapses the pyramid.
         """
         pyramid, weights = self.fusion_weights(x)
-        fused_levels = [(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)]
-        fused = collapse_pyramid(fused_levels)
-        if self.clamp_to_inputs:
-            # (minimum/maximum rather than clamp: the shipped weights were trained with this form,
-            # and the two split the gradient differently where the fused value meets a bound)
-            fused = torch.minimum(torch.maximum(fused, x.amin(dim=1, keepdim=True)), x.amax(dim=1, keepdim=True))
-        if not contributions:
-            return fused, None
-        shares = combine_scales(list(zip(weights[:-1], fused_levels[:-1])), weights[-1], pyramid_expand)
-        return fused, shares
+        return fuse_weighted_pyramid(x, pyramid, weights, self.clamp_to_inputs, contributions)
 
 
 #: What a :class:`BlockDBMNet` predicts per block.
@@ -520,12 +531,7 @@ class BlockDBMNet(nn.Module):
         if self.predicts != "weights":
             raise ValueError("a DBM that predicts values has no fusion weights")
         pyramid, weights = self.fusion_weights(x)
-        fused_levels = [(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)]
-        fused = collapse_pyramid(fused_levels)
-        fused = torch.minimum(torch.maximum(fused, x.amin(dim=1, keepdim=True)), x.amax(dim=1, keepdim=True))
-        if not contributions:
-            return fused, None
-        return fused, combine_scales(list(zip(weights[:-1], fused_levels[:-1])), weights[-1], pyramid_expand)
+        return fuse_weighted_pyramid(x, pyramid, weights, True, contributions)
 
 
 NETWORKS: dict[str, type[nn.Module]] = {"cnn": PyramidWeightCNN, "dbm": BlockDBMNet}
