@@ -628,6 +628,7 @@ _LG7 = 1.479819860511658591e-01
 # which turns the exponent into a float without an int64 -> double conversion
 # (an AVX-512 instruction; AVX2 has none, and the loop would not vectorise).
 _EXPONENT_BIAS = 6755399441055744.0
+_EXPONENT_BIAS_BITS = 0x4338000000000000  # its bits
 _SMALLEST_NORMAL = 2.2250738585072014e-308
 _LARGEST = 1.7976931348623157e308
 
@@ -647,7 +648,7 @@ def _split_exponent(values, bits, mantissa_bits, exponent_bits):
         # Adds 1 to the exponent where the mantissa is >= sqrt(2) (0x6a09e... is its fraction).
         carry = (mant + 0x00095F6400000000) & 0x0010000000000000
         mantissa_bits[i] = mant | (carry ^ 0x3FF0000000000000)
-        exponent_bits[i] = 0x4338000000000000 + ((hx >> 52) + (carry >> 52) - 1023)
+        exponent_bits[i] = _EXPONENT_BIAS_BITS + ((hx >> 52) + (carry >> 52) - 1023)
         x = values[i]
         unusual |= not (x >= _SMALLEST_NORMAL and x <= _LARGEST)
     return unusual
@@ -761,9 +762,8 @@ def _exp_reduce(flat, rounded):
 @_jit
 def _exp_scales(rounded_bits, scale_bits):
     """The bits of 2^k from those of 1.5 * 2^52 + k."""
-    bias = 0x4338000000000000
     for i in range(rounded_bits.size):
-        scale_bits[i] = (rounded_bits[i] - bias + 1023) << 52
+        scale_bits[i] = (rounded_bits[i] - _EXPONENT_BIAS_BITS + 1023) << 52
 
 
 @_jit
