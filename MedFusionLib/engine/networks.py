@@ -96,10 +96,20 @@ def _compiled_filter(kernel_name: str, x: torch.Tensor, size: tuple[int, int], s
     if kernels is None:
         return None
     replicate = min(max(a, b) for a, b in zip(x.shape[-2:], size)) <= 2
-    planes = x.contiguous().view(-1, *x.shape[-2:])
-    out = planes.new_empty((planes.shape[0], *size))
-    getattr(kernels, kernel_name)(planes.numpy(), out.numpy(), *_TAPS[scale], replicate)
-    return out.view(*x.shape[:-2], *size)
+    planes = _planes(x)
+    out = np.empty((planes.shape[0], *size), dtype=np.float32)
+    getattr(kernels, kernel_name)(planes, out, *_TAPS[scale], replicate)
+    return torch.from_numpy(out.reshape(*x.shape[:-2], *size))
+
+
+def _planes(x: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's ``(N, H, W)`` planes as a C-contiguous NumPy array (shared memory where possible).
+
+    The compiled path hands NumPy arrays to the kernels and makes its outputs with NumPy: each
+    PyTorch call costs microseconds even on a tiny tensor, and a fusion makes dozens of them.
+    """
+    array = x.numpy() if x.is_contiguous() else x.contiguous().numpy()
+    return array.reshape(-1, *array.shape[-2:])
 
 
 def pyramid_reduce(x: torch.Tensor) -> torch.Tensor:
@@ -142,13 +152,12 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """``[L_0, ..., L_{levels-1}, base]`` of a ``(B, C, H, W)`` tensor; collapsing it is exact."""
     kernels = _kernels_for(x) if levels else None
     if kernels is not None:  # one compiled call for the whole pyramid, the same numbers
-        planes = x.contiguous().view(-1, *x.shape[-2:])
+        planes = _planes(x)
         sizes = _level_sizes(*x.shape[-2:], levels)
-        details = [planes.new_empty((planes.shape[0], *size)) for size in sizes[:-1]]
-        coarse = [planes.new_empty((planes.shape[0], *size)) for size in sizes[1:]]
-        kernels.laplacian_pyramid(planes.numpy(), tuple(c.numpy() for c in coarse), tuple(d.numpy() for d in details),
-                                  _TAPS[1.0], _TAPS[2.0])
-        return [level.view(*x.shape[:-2], *level.shape[-2:]) for level in (*details, coarse[-1])]
+        details = tuple(np.empty((planes.shape[0], *size), dtype=np.float32) for size in sizes[:-1])
+        coarse = tuple(np.empty((planes.shape[0], *size), dtype=np.float32) for size in sizes[1:])
+        kernels.laplacian_pyramid(planes, coarse, details, _TAPS[1.0], _TAPS[2.0])
+        return [torch.from_numpy(level.reshape(*x.shape[:-2], *level.shape[-2:])) for level in (*details, coarse[-1])]
     pyramid = []
     current = x
     for _ in range(levels):
@@ -164,12 +173,10 @@ def collapse_pyramid(pyramid: list[torch.Tensor]) -> torch.Tensor:
     kernels = _kernels_for(*pyramid) if len(pyramid) > 1 else None
     if kernels is not None:  # one compiled call, the same numbers
         lead = pyramid[0].shape[:-2]
-        details = [level.contiguous().view(-1, *level.shape[-2:]) for level in pyramid[:-1]]
-        base = pyramid[-1].contiguous().view(-1, *pyramid[-1].shape[-2:])
-        images = [level.new_empty(level.shape) for level in details]
-        kernels.collapse_pyramid(tuple(d.numpy() for d in details), base.numpy(), tuple(i.numpy() for i in images),
-                                 _TAPS[2.0])
-        return images[0].view(*lead, *images[0].shape[-2:])
+        details = tuple(_planes(level) for level in pyramid[:-1])
+        images = tuple(np.empty_like(level) for level in details)
+        kernels.collapse_pyramid(details, _planes(pyramid[-1]), images, _TAPS[2.0])
+        return torch.from_numpy(images[0].reshape(*lead, *images[0].shape[-2:]))
     image = pyramid[-1]
     for detail in reversed(pyramid[:-1]):
         image = pyramid_expand(image, detail.shape[-2:]) + detail
@@ -320,26 +327,30 @@ class PyramidWeightCNN(nn.Module):
         """:meth:`_scores` in two compiled passes (:mod:`._kernels`), with no hidden-layer tensor per level.
 
         The context's part of the hidden layer (bias + own and mean context) is computed once per
-        context and head and kept in ``shared``: the two finest levels read the same context.
+        context and head and kept in ``shared``: the two finest levels read the same context. So are
+        the head's weights as arrays, which every detail level reads.
         """
         context = context.contiguous()
         height, columns = context.shape[-2:]
-        own, pooled, term_weights, bias, out_weight, out_bias = self._head_arrays(head, len(pixel_terms))
+        shared = {} if shared is None else shared
+        arrays_key = ("head", id(head), len(pixel_terms))  # the same for every level a head scores
+        if arrays_key not in shared:
+            shared[arrays_key] = self._head_arrays(head, len(pixel_terms))
+        own, pooled, term_weights, bias, out_weight, out_bias = shared[arrays_key]
         key = (context.data_ptr(), tuple(context.shape), id(head))
-        part = None if shared is None else shared.get(key)
+        part = shared.get(key)
         if part is None:
             part = np.empty((context.shape[0], bias.shape[0], height, columns), dtype=np.float32)
             kernels.context_part(context.numpy(), count, own, pooled, part)
-            if shared is not None:
-                shared[key] = part
-        terms = torch.cat(pixel_terms, dim=1)
-        out = context.new_empty((context.shape[0], 1, height, columns))
-        kernels.head_scores(part, terms.numpy(), term_weights, bias, out_weight, out_bias, out.numpy()[:, 0])
-        return out
+            shared[key] = part
+        terms = np.concatenate([term.numpy() for term in pixel_terms], axis=1)
+        out = np.empty((context.shape[0], 1, height, columns), dtype=np.float32)
+        kernels.head_scores(part, terms, term_weights, bias, out_weight, out_bias, out[:, 0])
+        return torch.from_numpy(out)
 
     def _head_arrays(self, head: nn.Sequential, n_terms: int) -> tuple:
         """A head's weights as the kernels take them: small contiguous float32 arrays (a few microseconds;
-        made at every call rather than cached, so a weight changed in any way is always the one used)."""
+        made afresh for every forward rather than kept, so a weight changed in any way is always the one used)."""
         first, _, second = head
         weight = first.weight.detach().numpy()[:, :, 0, 0]
         width = self.width
