@@ -442,6 +442,8 @@ def vif_scale(images, weights, eps, noise_variance, first, end, numerator, denom
     out_width = width - 2 * radius
     column = np.empty(width)
     moments = np.empty((3 * count - 1, out_width))
+    num_factor = np.empty(out_width)
+    den_factor = np.empty(out_width)
     for centre in range(radius + first, radius + end):
         _filtered_moments(images, centre, weights, column, moments)
         mean_f = moments[count - 1]
@@ -450,10 +452,8 @@ def vif_scale(images, weights, eps, noise_variance, first, end, numerator, denom
             mean_s = moments[k]
             square_s = moments[count + k]
             cross = moments[2 * count + k]
-            num = 0.0
-            den = 0.0
-            num_product = 1.0
-            den_product = 1.0
+            # Each pixel's two factors first, its branches written as selects so the loop vectorises
+            # (the same numbers as the reference's sequence of ifs), then the products in pixel order.
             for j in range(out_width):
                 mu1 = mean_s[j]
                 mu2 = mean_f[j]
@@ -462,19 +462,26 @@ def vif_scale(images, weights, eps, noise_variance, first, end, numerator, denom
                 sigma12 = cross[j] - mu1 * mu2
                 g = sigma12 / (sigma1_sq + eps)
                 sv_sq = sigma2_sq - g * sigma12
-                if sigma1_sq < eps:
-                    g = 0.0
-                    sv_sq = sigma2_sq
-                    sigma1_sq = 0.0
-                if sigma2_sq < eps:
-                    g = 0.0
-                    sv_sq = 0.0
-                if g < 0:
-                    sv_sq = sigma2_sq
-                    g = 0.0
+                flat_source = sigma1_sq < eps
+                g = 0.0 if flat_source else g
+                sv_sq = sigma2_sq if flat_source else sv_sq
+                sigma1_sq = 0.0 if flat_source else sigma1_sq
+                flat_fused = sigma2_sq < eps
+                g = 0.0 if flat_fused else g
+                sv_sq = 0.0 if flat_fused else sv_sq
+                negative = g < 0
+                sv_sq = sigma2_sq if negative else sv_sq
+                g = 0.0 if negative else g
                 sv_sq = max(sv_sq, eps)
-                num_product *= 1.0 + g * g * sigma1_sq / (sv_sq + noise_variance)
-                den_product *= 1.0 + sigma1_sq / noise_variance
+                num_factor[j] = 1.0 + g * g * sigma1_sq / (sv_sq + noise_variance)
+                den_factor[j] = 1.0 + sigma1_sq / noise_variance
+            num = 0.0
+            den = 0.0
+            num_product = 1.0
+            den_product = 1.0
+            for j in range(out_width):
+                num_product *= num_factor[j]
+                den_product *= den_factor[j]
                 if num_product > 1e200 or den_product > 1e200:
                     num += math.log10(num_product)
                     den += math.log10(den_product)
