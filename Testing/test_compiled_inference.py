@@ -123,6 +123,54 @@ def test_whole_pyramids_are_bit_for_bit_pytorchs():
         torch.testing.assert_close(compiled[-1], x, atol=1e-6, rtol=0)  # collapsing gives the image back
 
 
+@pytest.mark.parametrize("small, size", [((128, 128), (256, 256)), ((19, 27), (37, 53)), ((5, 150), (9, 300)),
+                                         ((1, 2), (2, 3)), ((4, 3), (7, 5))])
+def test_finest_scores_are_pytorchs_upsampling_and_refinement(small, size):
+    """The one-pass upsampling + refinement of the finest level's scores against F.interpolate and two
+    multiply-adds: PyTorch's taps, its weights to an ulp (scores of magnitude ~20, like the model's)."""
+    rng = np.random.default_rng(size[0])
+    network = networks.PyramidWeightCNN()
+    with torch.no_grad():
+        network.finest_refinement.copy_(torch.tensor([0.37, -1.3]))
+    scores = torch.from_numpy(rng.normal(0, 10, (2, 1, *small)).astype(np.float32))
+    activity, detail = (torch.from_numpy(rng.random((2, 1, *size), dtype=np.float32)) for _ in range(2))
+
+    def refined():
+        with inference_context():
+            return network._refined_finest_scores(scores, torch.Size(size), activity, detail)
+
+    reference, compiled = _both(refined)
+    assert compiled.shape == reference.shape == (2, 1, *size)
+    assert (compiled - reference).abs().max() <= 4 * torch.finfo(torch.float32).eps * reference.abs().max()
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("clamp", [True, False])
+def test_weighted_levels_collapse_and_clamp_are_bit_for_bit_pytorchs(count, clamp):
+    """The compiled last step (weighted levels, collapse, clamp) gives PyTorch's fused image and shares exactly."""
+    rng = np.random.default_rng(count)
+    x = torch.from_numpy(rng.random((2, count, 37, 50), dtype=np.float32))
+
+    def last_step():
+        with inference_context():
+            pyramid = networks.laplacian_pyramid(x, 3)
+            weights = [torch.softmax(torch.from_numpy(rng.normal(size=level.shape).astype(np.float32)), dim=1)
+                       for level in pyramid]
+            return networks.fuse_weighted_pyramid(x, pyramid, weights, clamp, contributions=True)
+
+    state = rng.bit_generator.state
+
+    def from_the_same_weights():
+        rng.bit_generator.state = state
+        return last_step()
+
+    reference, compiled = _both(from_the_same_weights)
+    for a, b in zip(reference, compiled):
+        assert a.shape == b.shape and torch.equal(a, b)
+    if clamp:
+        assert (compiled[0] >= x.amin(dim=1, keepdim=True)).all() and (compiled[0] <= x.amax(dim=1, keepdim=True)).all()
+
+
 def test_a_fresh_process_may_start_with_the_whole_pyramid_kernels():
     """In a new process whose first compiled code is the one-call pyramid (loaded from numba's cache
     after the first run), it runs and collapses back to the image."""

@@ -192,6 +192,9 @@ def fuse_weighted_pyramid(
 
     :returns: the fused ``(B, 1, H, W)`` and the shares ``(B, K, H, W)`` or None.
     """
+    kernels = _kernels_for(x, *pyramid, *weights) if len(pyramid) > 1 else None
+    if kernels is not None:
+        return _fuse_weighted_pyramid_compiled(kernels, x, pyramid, weights, clamp, contributions)
     fused_levels = [(w * level).sum(dim=1, keepdim=True) for w, level in zip(weights, pyramid)]
     fused = collapse_pyramid(fused_levels)
     if clamp:
@@ -201,6 +204,27 @@ def fuse_weighted_pyramid(
     if not contributions:
         return fused, None
     return fused, combine_scales(list(zip(weights[:-1], fused_levels[:-1])), weights[-1], pyramid_expand)
+
+
+def _fuse_weighted_pyramid_compiled(
+    kernels: ModuleType, x: torch.Tensor, pyramid: list[torch.Tensor], weights: list[torch.Tensor], clamp: bool,
+    contributions: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`fuse_weighted_pyramid` in three compiled passes: weighted levels, collapse, clamp."""
+    batch = x.shape[0]
+    arrays = tuple(np.ascontiguousarray(level.numpy()) for level in pyramid)
+    fused_levels = tuple(np.empty((batch, *level.shape[-2:]), dtype=np.float32) for level in arrays)
+    kernels.weighted_levels(arrays, tuple(np.ascontiguousarray(w.numpy()) for w in weights), fused_levels)
+    images = tuple(np.empty_like(level) for level in fused_levels[:-1])
+    kernels.collapse_pyramid(fused_levels[:-1], fused_levels[-1], images, _TAPS[2.0])
+    fused = images[0]
+    if clamp:
+        kernels.clamp_to_inputs(fused, np.ascontiguousarray(x.numpy()))
+    fused = torch.from_numpy(fused[:, None])
+    if not contributions:
+        return fused, None
+    levels = [torch.from_numpy(level[:, None]) for level in fused_levels[:-1]]
+    return fused, combine_scales(list(zip(weights[:-1], levels)), weights[-1], pyramid_expand)
 
 
 class PyramidWeightCNN(nn.Module):
@@ -384,13 +408,25 @@ class PyramidWeightCNN(nn.Module):
                 scores = self._scores(self.detail_head, context, terms[1].shape[-2:], [*terms, depth], batch, count,
                                       shared)
                 if scores.shape[-2:] != size:
-                    scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-                    scores = scores + self.finest_refinement[0] * activity + self.finest_refinement[1] * own
+                    scores = self._refined_finest_scores(scores, size, activity, own)
             else:
                 scores = self._scores(self.base_head, context, size, [own, _separable_blur(own)], batch, count,
                                       shared)
             weights.append(torch.softmax(scores.view(batch, count, *size), dim=1))
         return pyramid, weights
+
+    def _refined_finest_scores(self, scores: torch.Tensor, size: torch.Size, activity: torch.Tensor,
+                               detail: torch.Tensor) -> torch.Tensor:
+        """The finest level's half-resolution scores upsampled to ``size`` (bilinear) and corrected with
+        the full-resolution activity and detail (one compiled pass where :func:`_kernels_for` allows)."""
+        kernels = _kernels_for(scores, activity, detail)
+        if kernels is None:
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+            return scores + self.finest_refinement[0] * activity + self.finest_refinement[1] * detail
+        refinement = self.finest_refinement.detach().numpy()
+        out = np.empty((scores.shape[0], *size), dtype=np.float32)
+        kernels.upsample_refined(_planes(scores), _planes(activity), _planes(detail), refinement[0], refinement[1], out)
+        return torch.from_numpy(out[:, None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse_with_contributions(x, contributions=False)[0]
