@@ -13,7 +13,7 @@ The compiled backend splits each image into bands of rows, one per thread numba
 may use (``NUMBA_NUM_THREADS``); the fusion runs on one thread. On a machine shared
 with other work the ratio moves with the load: compare lines of one run only.
 
-Run: ``python benchmarks/bench_metrics.py [--size 256] [--repeats 15] [--slices 128]``
+Run: ``python benchmarks/bench_metrics.py [--size 256] [--repeats 31] [--slices 128]``
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_images(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--slices", type=int, default=128, help="slices of the volume pair (0: skip)")
     args = parser.parse_args()
 

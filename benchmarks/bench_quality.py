@@ -17,7 +17,10 @@ are a check on anatomy the procedural phantoms do not have; it needs ``pip insta
 instead of the default CNN, against the DBM's own bars: Q^AB/F and SSIM to the sources at least
 the Laplacian pyramid's, a block-grid index within 0.03 of the pyramid's, and a fusion time
 within 2x the default CNN's (measured here, interleaved). The block-grid index (GRID, see
-:func:`MedFusionLib.metrics.block_grid_index`; not ranked) is printed for every method.
+:func:`MedFusionLib.metrics.block_grid_index`; not ranked) is printed for every method, and so is
+COPY (not ranked), the share of the fused image's entropy that its closest source explains,
+``max_k I(S_k; F) / H(F)``: 1.0 for a method that copies one source, which MI and VIF reward
+(on the PET and SPECT phantoms the guided filter returns the MRI almost unchanged).
 
 Per pair it also prints the model's sample std over the cases and the metrics on which it is
 first against every baseline (the quality issue's bar: first on at least 4 of the 6 in every
@@ -42,7 +45,7 @@ from MedFusionLib.data.targets import (
     standardise_phantom,
 )
 from MedFusionLib.fusion import fuse, load_method
-from MedFusionLib.metrics import block_grid_index, evaluate
+from MedFusionLib.metrics import block_grid_index, evaluate, mutual_information
 
 RANK_METRICS = ["QABF", "MI", "SSIM_S", "VIF", "QW", "SF"]
 
@@ -64,16 +67,32 @@ def mni152_groups(modalities: tuple[str, str], pair_index: int) -> list[list[np.
     return groups
 
 
+#: Unranked columns after the ranked metrics: the block-grid index and the share of F one source explains.
+EXTRA_COLUMNS = ["GRID", "COPY"]
+
+
+def copied_share(fused: np.ndarray, inputs: list[np.ndarray]) -> float:
+    """``max_k I(S_k; F) / H(F)``: 1 when the fused image is a function of one source alone (it copies
+    that source, up to a grey-level mapping), lower the more it carries of the others.
+
+    MI and VIF reward copying: a method that returns one source unchanged scores that source's whole
+    entropy as MI and a VIF of 1 against it. This column shows where a lead on them comes from.
+    """
+    own = mutual_information(fused, fused, data_range=(0, 1))
+    return max(mutual_information(x, fused, data_range=(0, 1)) for x in inputs) / own if own > 0 else 1.0
+
+
 def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Mean and sample std of the metrics per method (rows) over input groups of one modality pair;
-    the last column is GRID."""
+    the ranked metrics, then :data:`EXTRA_COLUMNS`."""
     methods = ["model", *BASELINES]
     totals = {m: [] for m in methods}
     for inputs in groups:
         for method in methods:
             fused = fuse(inputs, method=model if method == "model" else method).image
             values = evaluate(fused, inputs, metrics=RANK_METRICS, data_range=(0, 1))
-            totals[method].append([values[k] for k in RANK_METRICS] + [block_grid_index(fused)])
+            totals[method].append([values[k] for k in RANK_METRICS]
+                                  + [block_grid_index(fused), copied_share(fused, inputs)])
     means = np.array([np.mean(totals[m], axis=0) for m in methods])
     spreads = np.array([np.std(totals[m], axis=0, ddof=1) if len(groups) > 1 else np.zeros(means.shape[1])
                         for m in methods])
@@ -121,7 +140,7 @@ def main() -> None:
         ranks = (-ranked).argsort(axis=0).argsort(axis=0) + 1
         mean_rank = ranks.mean(axis=1)
         print(f"\n{' + '.join(modalities)} ({label}; means, the model's sample std below)")
-        print(f"  {'method':14s}" + "".join(f"{k:>9s}" for k in RANK_METRICS) + f"{'GRID':>9s}   mean rank")
+        print(f"  {'method':14s}" + "".join(f"{k:>9s}" for k in RANK_METRICS + EXTRA_COLUMNS) + "   mean rank")
         for name, row, rank in zip(methods, values, mean_rank):
             shown = shown_model if name == "model" else name
             print(f"  {shown:14s}" + "".join(f"{v:9.4f}" for v in row) + f"   {rank:5.2f}")
@@ -132,9 +151,10 @@ def main() -> None:
         print(f"  {shown_model} is first on {len(won)} of {len(RANK_METRICS)}: {', '.join(won) or 'none'}")
         if dbm:  # the DBM's bars: at least the Laplacian pyramid on edges and structure, no block grid
             pyramid = values[methods.index("laplacian")]
+            grid = len(RANK_METRICS) + EXTRA_COLUMNS.index("GRID")
             bars = {"Q^AB/F >= Laplacian": values[0, 0] >= pyramid[0],
                     "SSIM_S >= Laplacian": values[0, 2] >= pyramid[2],
-                    "GRID <= Laplacian + 0.03": values[0, -1] <= pyramid[-1] + 0.03}
+                    "GRID <= Laplacian + 0.03": values[0, grid] <= pyramid[grid] + 0.03}
         else:
             bars = {"Q^AB/F >= best baseline": ranked[0, 0] >= ranked[1:, 0].max(),
                     "best mean rank": mean_rank[0] < mean_rank[1:].min()}
