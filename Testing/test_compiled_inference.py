@@ -144,16 +144,19 @@ def test_finest_scores_are_pytorchs_upsampling_and_refinement(small, size):
     assert (compiled - reference).abs().max() <= 4 * torch.finfo(torch.float32).eps * reference.abs().max()
 
 
-@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("count, levels", [(2, 3), (4, 3), (3, 1)])
 @pytest.mark.parametrize("clamp", [True, False])
-def test_weighted_levels_collapse_and_clamp_are_bit_for_bit_pytorchs(count, clamp):
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_weighted_levels_collapse_and_clamp_are_bit_for_bit_pytorchs(count, levels, clamp, contiguous):
     """The compiled last step (weighted levels, collapse, clamp) gives PyTorch's fused image and shares exactly."""
     rng = np.random.default_rng(count)
     x = torch.from_numpy(rng.random((2, count, 37, 50), dtype=np.float32))
+    if not contiguous:  # the same values, laid out column-major
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
 
     def last_step():
         with inference_context():
-            pyramid = networks.laplacian_pyramid(x, 3)
+            pyramid = networks.laplacian_pyramid(x, levels)
             weights = [torch.softmax(torch.from_numpy(rng.normal(size=level.shape).astype(np.float32)), dim=1)
                        for level in pyramid]
             return networks.fuse_weighted_pyramid(x, pyramid, weights, clamp, contributions=True)
@@ -173,20 +176,37 @@ def test_weighted_levels_collapse_and_clamp_are_bit_for_bit_pytorchs(count, clam
 
 def test_a_fresh_process_may_start_with_the_whole_pyramid_kernels():
     """In a new process whose first compiled code is the one-call pyramid (loaded from numba's cache
-    after the first run), it runs and collapses back to the image."""
+    after the first run), it runs and collapses back to the image; then a whole fusion, which runs
+    every parallel kernel (the score heads and the last steps too), gives PyTorch's image."""
     import subprocess
     import sys
 
-    script = ("import torch, MedFusionLib.engine.networks as n\n"
+    script = ("import numpy as np, torch, MedFusionLib.engine.networks as n\n"
+              "from MedFusionLib import fuse\n"
               "x = torch.rand(4, 2, 64, 64)\n"
               "with torch.inference_mode():\n"
               "    levels = n.laplacian_pyramid(x, 3)\n"
               "    assert n._kernels_for(x) is not None\n"
-              "    print(float((n.collapse_pyramid(levels) - x).abs().max()))\n")
+              "    print(float((n.collapse_pyramid(levels) - x).abs().max()))\n"
+              "images = [np.random.default_rng(k).random((96, 80), dtype=np.float32) for k in range(2)]\n"
+              "compiled = fuse(images).image\n"
+              "n.USE_KERNELS = False\n"
+              "print(float(np.abs(fuse(images).image - compiled).max()))\n")
     for _ in range(2):  # the second run loads what the first compiled (or both load an existing cache)
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
-        assert float(run.stdout.strip()) < 1e-6
+        pyramid_error, fusion_error = map(float, run.stdout.split())
+        assert pyramid_error < 1e-6 and fusion_error <= TOLERANCE
+
+
+@pytest.mark.parametrize("contributions", [False, True])
+def test_same_dbm_fusion(examples, contributions):
+    """The shipped DBM weights its pyramid levels too, and goes through the same compiled last steps."""
+    pair = [examples["ct"], examples["mri"]]
+    reference, compiled = _both(lambda: fuse(pair, "dbm", contributions=contributions))
+    assert np.abs(reference.image - compiled.image).max() <= TOLERANCE
+    if contributions:
+        assert np.abs(reference.contributions - compiled.contributions).max() <= TOLERANCE
 
 
 def test_without_numba_pytorch_does_it_all(monkeypatch, examples):

@@ -79,7 +79,9 @@ def copied_share(fused: np.ndarray, inputs: list[np.ndarray]) -> float:
     entropy as MI and a VIF of 1 against it. This column shows where a lead on them comes from.
     """
     own = mutual_information(fused, fused, data_range=(0, 1))
-    return max(mutual_information(x, fused, data_range=(0, 1)) for x in inputs) / own if own > 0 else 1.0
+    if own == 0:
+        return float("nan")  # a flat image carries nothing of any source: no share to give
+    return max(mutual_information(x, fused, data_range=(0, 1)) for x in inputs) / own
 
 
 def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -276,12 +276,16 @@ def _traced_peak() -> Optional[int]:
 
 
 def _warm_up() -> None:
-    """Load what the first job would otherwise wait for: the default model and the compiled metric kernels."""
+    """Load what the first job would otherwise wait for: the default model and the compiled metric kernels.
+
+    64 px: the smallest side whose pyramid has the default model's 4 levels, the depth of real slices
+    (the compiled kernels that take one array per level are compiled, or loaded, per depth).
+    """
     from MedFusionLib.fusion import fuse
     from MedFusionLib.metrics import evaluate
 
     rng = np.random.default_rng(0)
-    images = [rng.random((32, 32), dtype=np.float32) for _ in range(2)]
+    images = [rng.random((64, 64), dtype=np.float32) for _ in range(2)]
     evaluate(fuse(images).image, images)
 
 

@@ -1,4 +1,4 @@
-"""Compiled inner loops of the CNN's inference on the CPU (numba, installed with the ``fast`` extra).
+"""Compiled inner loops of the CNN's inference on the CPU, and the DBM's last steps (numba, the ``fast`` extra).
 
 Imported only through :func:`MedFusionLib.engine.networks.compiled_kernels`, so MedFusion runs
 without numba: every kernel here stands in for a few PyTorch calls in :mod:`.networks`, which
@@ -310,10 +310,11 @@ def collapse_pyramid(details, base, images, expand_taps):
 # --------------------------------------------------------------------------- the last steps of a fusion
 #
 # What is left after the score heads: the finest level's scores upsampled and refined, and the
-# weighted levels summed, collapsed and clamped. In PyTorch these are a dozen full-size tensors
-# each; here one pass each. The arithmetic follows PyTorch's steps but not its exact rounding
-# (its bilinear kernel groups the four products its own way): the fused images agree to float32
-# rounding, as the tests check.
+# weighted levels summed, collapsed and clamped (both families: the DBM weights its levels too).
+# In PyTorch these are a dozen full-size tensors; here one pass each. The weighted levels, the
+# collapse and the clamp give PyTorch's numbers bit for bit; the upsampling takes PyTorch's taps
+# in its order, with weights within an ulp of its (they depend on how a PyTorch build rounds the
+# source position), so the fused images agree to float32 rounding, as the tests check.
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -220,10 +220,10 @@ def _fuse_weighted_pyramid_compiled(
     fused = images[0]
     if clamp:
         kernels.clamp_to_inputs(fused, np.ascontiguousarray(x.numpy()))
-    fused = torch.from_numpy(fused[:, None])
+    fused = torch.from_numpy(fused.reshape(batch, 1, *fused.shape[-2:]))
     if not contributions:
         return fused, None
-    levels = [torch.from_numpy(level[:, None]) for level in fused_levels[:-1]]
+    levels = [torch.from_numpy(level.reshape(batch, 1, *level.shape[-2:])) for level in fused_levels[:-1]]
     return fused, combine_scales(list(zip(weights[:-1], levels)), weights[-1], pyramid_expand)
 
 
@@ -390,7 +390,7 @@ class PyramidWeightCNN(nn.Module):
         flat = x.reshape(batch * count, 1, *x.shape[-2:])
         contexts = self._contexts(flat) if min(x.shape[-2:]) >= 8 else None
         weights = []
-        shared: dict = {}  # context parts of the score heads, computed once per forward (compiled path)
+        shared: dict = {}  # the score heads' context parts and weight arrays, made once per forward (compiled path)
         for index, level in enumerate(pyramid):
             size = level.shape[-2:]
             own = level.reshape(batch * count, 1, *size)
@@ -426,7 +426,7 @@ class PyramidWeightCNN(nn.Module):
         refinement = self.finest_refinement.detach().numpy()
         out = np.empty((scores.shape[0], *size), dtype=np.float32)
         kernels.upsample_refined(_planes(scores), _planes(activity), _planes(detail), refinement[0], refinement[1], out)
-        return torch.from_numpy(out[:, None])
+        return torch.from_numpy(out.reshape(scores.shape[0], 1, *out.shape[-2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse_with_contributions(x, contributions=False)[0]
