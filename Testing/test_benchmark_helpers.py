@@ -23,3 +23,12 @@ def test_copied_share_is_one_for_a_copy_and_lower_for_a_blend():
     mostly_a = bench_quality.copied_share(0.9 * a + 0.1 * b, [a, b])
     assert blend < mostly_a < 1.0
     assert np.isnan(bench_quality.copied_share(np.zeros((8, 8)), [a[:8, :8], b[:8, :8]]))  # flat: H(F) = 0
+
+
+def test_the_target_rule_scored_is_the_one_the_training_sets_hold():
+    from MedFusionLib.data.targets import phantom_cases
+
+    case = phantom_cases(1, (64, 64), [("CT", "MRI_T1")], seed=7)[0]
+    scored = bench_quality.target_rule(case.inputs)
+    assert scored.dtype == np.float32 and scored.shape == case.target.shape
+    assert np.abs(scored - case.target).max() < 1e-6

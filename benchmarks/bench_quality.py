@@ -26,7 +26,11 @@ Per pair it also prints the model's sample std over the cases and the metrics on
 first against every baseline (the quality issue's bar: first on at least 4 of the 6 in every
 pair). ``--seed 500,900,1300`` pools three held-out phantom sets.
 
-Run: ``python benchmarks/bench_quality.py [--cases 4] [--seed 500[,900,...]] [--mni152] [--model default|dbm|FILE]``
+``--model target`` scores the supervised target rule itself (:func:`MedFusionLib.data.targets.saliency_blend`,
+the teacher every shipped CNN learns) in the model's row: the ceiling of a model that learned it
+perfectly, in seconds, without training. A better teacher is where more first places have to start.
+
+Run: ``python benchmarks/bench_quality.py [--cases 4] [--seed 500[,900,...]] [--mni152] [--model default|dbm|target|FILE]``
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from MedFusionLib.data.targets import (
     EVALUATION_SEED_BASE,
     MODALITY_PAIRS,
     phantom_cases,
+    saliency_blend,
     standardise_phantom,
 )
 from MedFusionLib.fusion import fuse, load_method
@@ -71,6 +76,11 @@ def mni152_groups(modalities: tuple[str, str], pair_index: int) -> list[list[np.
 EXTRA_COLUMNS = ["GRID", "COPY"]
 
 
+def target_rule(inputs: list[np.ndarray]) -> np.ndarray:
+    """The supervised target of standardised inputs, as the training sets make it (``phantom_cases``)."""
+    return np.clip(saliency_blend(inputs), 0, 1).astype(np.float32)
+
+
 def copied_share(fused: np.ndarray, inputs: list[np.ndarray]) -> float:
     """``max_k I(S_k; F) / H(F)``: 1 when the fused image is a function of one source alone (it copies
     that source, up to a grey-level mapping), lower the more it carries of the others.
@@ -91,7 +101,10 @@ def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.n
     totals = {m: [] for m in methods}
     for inputs in groups:
         for method in methods:
-            fused = fuse(inputs, method=model if method == "model" else method).image
+            if method == "model" and callable(model):
+                fused = model(inputs)
+            else:
+                fused = fuse(inputs, method=model if method == "model" else method).image
             values = evaluate(fused, inputs, metrics=RANK_METRICS, data_range=(0, 1))
             totals[method].append([values[k] for k in RANK_METRICS]
                                   + [block_grid_index(fused), copied_share(fused, inputs)])
@@ -115,7 +128,8 @@ def main() -> None:
     parser.add_argument("--mni152", action="store_true",
                         help="score six fixed MNI152-derived slices per pair instead of procedural phantoms "
                              "(needs nilearn; not combinable with --cases or --seed)")
-    parser.add_argument("--model", default="default", help="'default' or a model file")
+    parser.add_argument("--model", default="default",
+                        help="'default', 'dbm', 'target' (the supervised target rule itself) or a model file")
     args = parser.parse_args()
     if args.mni152 and (args.cases is not None or args.seed is not None):
         parser.error("--mni152 scores six fixed slices per pair; --cases and --seed apply to phantoms only")
@@ -123,9 +137,9 @@ def main() -> None:
     args.seed = [500] if args.seed is None else args.seed
     if not args.seed or min(args.seed) < 0:
         parser.error("--seed must be >= 0 (smaller seeds are training seeds)")
-    model = load_method(args.model)
+    model = target_rule if args.model == "target" else load_method(args.model)
     dbm = getattr(model, "family", None) == "dbm"
-    shown_model = f"{model.family.upper()}" if dbm else "MedFusion"
+    shown_model = "target" if args.model == "target" else (f"{model.family.upper()}" if dbm else "MedFusion")
     passed = 0
     first_groups = None
     first_counts: list[int] = []
