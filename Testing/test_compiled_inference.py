@@ -123,27 +123,6 @@ def test_whole_pyramids_are_bit_for_bit_pytorchs():
         torch.testing.assert_close(compiled[-1], x, atol=1e-6, rtol=0)  # collapsing gives the image back
 
 
-@pytest.mark.parametrize("small, size", [((128, 128), (256, 256)), ((19, 27), (37, 53)), ((5, 150), (9, 300)),
-                                         ((1, 2), (2, 3)), ((4, 3), (7, 5))])
-def test_finest_scores_are_pytorchs_upsampling_and_refinement(small, size):
-    """The one-pass upsampling + refinement of the finest level's scores against F.interpolate and two
-    multiply-adds: PyTorch's taps, its weights to an ulp (scores of magnitude ~20, like the model's)."""
-    rng = np.random.default_rng(size[0])
-    network = networks.PyramidWeightCNN()
-    with torch.no_grad():
-        network.finest_refinement.copy_(torch.tensor([0.37, -1.3]))
-    scores = torch.from_numpy(rng.normal(0, 10, (2, 1, *small)).astype(np.float32))
-    activity, detail = (torch.from_numpy(rng.random((2, 1, *size), dtype=np.float32)) for _ in range(2))
-
-    def refined():
-        with inference_context():
-            return network._refined_finest_scores(scores, torch.Size(size), activity, detail)
-
-    reference, compiled = _both(refined)
-    assert compiled.shape == reference.shape == (2, 1, *size)
-    assert (compiled - reference).abs().max() <= 4 * torch.finfo(torch.float32).eps * reference.abs().max()
-
-
 @pytest.mark.parametrize("count, levels", [(2, 3), (4, 3), (3, 1)])
 @pytest.mark.parametrize("clamp", [True, False])
 @pytest.mark.parametrize("contiguous", [True, False])

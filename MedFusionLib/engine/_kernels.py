@@ -20,8 +20,6 @@ changes the scores in the last bits only.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
@@ -309,62 +307,10 @@ def collapse_pyramid(details, base, images, expand_taps):
 
 # --------------------------------------------------------------------------- the last steps of a fusion
 #
-# What is left after the score heads: the finest level's scores upsampled and refined, and the
-# weighted levels summed, collapsed and clamped (both families: the DBM weights its levels too).
-# In PyTorch these are a dozen full-size tensors; here one pass each. The weighted levels, the
-# collapse and the clamp give PyTorch's numbers bit for bit; the upsampling takes PyTorch's taps
-# in its order, with weights within an ulp of its (they depend on how a PyTorch build rounds the
-# source position), so the fused images agree to float32 rounding, as the tests check.
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _linear_taps(out_size, in_size, index):
-    """PyTorch's ``align_corners=False`` source taps of output sample ``index``: (i0, i1, lambda1).
-
-    The source position ``scale * (index + 0.5) - 0.5`` is rounded to float32 once, from its exact
-    value (as a fused multiply-add gives it): that is what matches PyTorch's CPU kernel, where
-    rounding the product first moved some taps' weights by an ulp.
-    """
-    scale = np.float32(in_size) / np.float32(out_size)
-    real = np.float32(np.float64(scale) * (index + 0.5) - 0.5)
-    real = max(real, np.float32(0.0))
-    i0 = min(int(math.floor(real)), in_size - 1)
-    lam = min(max(real - np.float32(i0), np.float32(0.0)), np.float32(1.0))
-    i1 = i0 + 1 if i0 < in_size - 1 else i0
-    return i0, i1, lam
-
-
-@_jit_parallel
-def upsample_refined(scores, activity, detail, weight_activity, weight_detail, out):
-    """``out = bilinear(scores) + weight_activity * activity + weight_detail * detail`` (the finest level's
-    scores: computed at half resolution, upsampled as ``F.interpolate(..., mode="bilinear",
-    align_corners=False)`` does, then corrected per pixel; see ``PyramidWeightCNN.fusion_weights``).
-
-    :param scores: ``(N, h, w)`` float32; ``activity``, ``detail``, ``out``: ``(N, H, W)`` float32.
-    """
-    planes, height, width = out.shape
-    small_height, small_width = scores.shape[1], scores.shape[2]
-    left = np.empty(width, dtype=np.int64)
-    right = np.empty(width, dtype=np.int64)
-    share = np.empty(width, dtype=np.float32)
-    for j in range(width):
-        left[j], right[j], share[j] = _linear_taps(width, small_width, j)
-    for job in numba.prange(planes * height):
-        n = job // height
-        i = job % height
-        top, bottom, down = _linear_taps(height, small_height, i)
-        up = np.float32(1.0) - down
-        upper = scores[n, top]
-        lower = scores[n, bottom]
-        target = out[n, i]
-        a = activity[n, i]
-        d = detail[n, i]
-        for j in range(width):  # PyTorch's order: along the row first, then between the rows
-            lam = share[j]
-            stay = np.float32(1.0) - lam
-            value = (upper[left[j]] * stay + upper[right[j]] * lam) * up \
-                + (lower[left[j]] * stay + lower[right[j]] * lam) * down
-            target[j] = (value + weight_activity * a[j]) + weight_detail * d[j]
+# The weighted levels summed, collapsed and clamped (both families: the DBM weights its levels
+# too): in PyTorch a dozen full-size tensors, here three passes, with PyTorch's numbers bit for bit.
+# (The finest level's score upsampling stays PyTorch's: a compiled bilinear pass was no faster and
+# could only match its weights to an ulp.)
 
 
 @_jit_parallel

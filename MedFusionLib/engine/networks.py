@@ -408,25 +408,13 @@ class PyramidWeightCNN(nn.Module):
                 scores = self._scores(self.detail_head, context, terms[1].shape[-2:], [*terms, depth], batch, count,
                                       shared)
                 if scores.shape[-2:] != size:
-                    scores = self._refined_finest_scores(scores, size, activity, own)
+                    scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+                    scores = scores + self.finest_refinement[0] * activity + self.finest_refinement[1] * own
             else:
                 scores = self._scores(self.base_head, context, size, [own, _separable_blur(own)], batch, count,
                                       shared)
             weights.append(torch.softmax(scores.view(batch, count, *size), dim=1))
         return pyramid, weights
-
-    def _refined_finest_scores(self, scores: torch.Tensor, size: torch.Size, activity: torch.Tensor,
-                               detail: torch.Tensor) -> torch.Tensor:
-        """The finest level's half-resolution scores upsampled to ``size`` (bilinear) and corrected with
-        the full-resolution activity and detail (one compiled pass where :func:`_kernels_for` allows)."""
-        kernels = _kernels_for(scores, activity, detail)
-        if kernels is None:
-            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-            return scores + self.finest_refinement[0] * activity + self.finest_refinement[1] * detail
-        refinement = self.finest_refinement.detach().numpy()
-        out = np.empty((scores.shape[0], *size), dtype=np.float32)
-        kernels.upsample_refined(_planes(scores), _planes(activity), _planes(detail), refinement[0], refinement[1], out)
-        return torch.from_numpy(out.reshape(scores.shape[0], 1, *out.shape[-2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse_with_contributions(x, contributions=False)[0]
