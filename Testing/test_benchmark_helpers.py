@@ -32,3 +32,15 @@ def test_the_target_rule_scored_is_the_one_the_training_sets_hold():
     scored = bench_quality.target_rule(case.inputs)
     assert scored.dtype == np.float32 and scored.shape == case.target.shape
     assert np.abs(scored - case.target).max() < 1e-6
+
+
+def test_first_places_count_against_all_baselines_or_the_chosen_rivals():
+    ranked = np.zeros((3, len(bench_quality.RANK_METRICS)))
+    ranked[0] = 1.0   # the model
+    ranked[1, 1] = 2.0  # baseline 1 leads the second metric
+    ranked[2, 3] = 1.0  # baseline 2 ties the fourth: a tie counts as first
+    everyone = bench_quality.firsts(ranked)
+    assert bench_quality.RANK_METRICS[1] not in everyone and len(everyone) == len(bench_quality.RANK_METRICS) - 1
+    without_first = bench_quality.firsts(ranked, np.array([False, True]))
+    assert without_first == list(bench_quality.RANK_METRICS)
+    assert bench_quality.firsts(ranked, np.array([False, False])) == list(bench_quality.RANK_METRICS)
