@@ -52,7 +52,7 @@ from MedFusionLib.data.targets import (
     standardise_phantom,
 )
 from MedFusionLib.fusion import fuse, load_method
-from MedFusionLib.metrics import block_grid_index, evaluate, mutual_information
+from MedFusionLib.metrics import block_grid_index, entropy, evaluate, mutual_information
 
 RANK_METRICS = ["QABF", "MI", "SSIM_S", "VIF", "QW", "SF"]
 
@@ -90,10 +90,10 @@ def copied_share(fused: np.ndarray, inputs: list[np.ndarray]) -> float:
     MI and VIF reward copying: a method that returns one source unchanged scores that source's whole
     entropy as MI and a VIF of 1 against it. This column shows where a lead on them comes from.
     """
-    own = mutual_information(fused, fused, data_range=(0, 1))
+    own = entropy(fused, data_range=(0, 1))  # bits, as the MI below
     if own == 0:
         return float("nan")  # a flat image carries nothing of any source: no share to give
-    return max(mutual_information(x, fused, data_range=(0, 1)) for x in inputs) / own
+    return max(mutual_information(x, fused, base=2.0, data_range=(0, 1)) for x in inputs) / own
 
 
 def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray]:
