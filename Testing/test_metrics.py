@@ -452,6 +452,26 @@ def test_fmi_matches_the_loop_definition(feature, backend):
     assert value == pytest.approx(np.mean(per_source), abs=1e-12)
 
 
+@pytest.mark.parametrize("window, shape, count", [(2, (9, 12), 2), (5, (14, 11), 2), (3, (2, 15), 2), (3, (12, 10), 3)])
+def test_fmi_compiled_windows_of_every_length(window, shape, count):
+    """The compiled merge is built per window length (fmi_pairs_kernel): 4, 25, 6 (a 2 x 3 window on a
+    2-row image) and 9 cells with three sources all agree with the NumPy path, itself checked against fmi.m."""
+    from MedFusionLib.metrics import ScoredGroup
+    from MedFusionLib.metrics.fmi import _feature_mutual_information, fmi_backend
+
+    if fmi_backend() != "numba":
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(window * 100 + shape[0])
+    sources = [rng.integers(0, 256, shape).astype(float) for _ in range(count)]
+    fused = np.mean(sources, axis=0)
+    fused[: shape[0] // 2] = 255 - sources[0][: shape[0] // 2]  # negatively correlated windows too
+    values = {backend: _feature_mutual_information(ScoredGroup.from_inputs(fused, sources, data_range=(0, 255)),
+                                                   "pixel", window, backend=backend)
+              for backend in ("numpy", "numba")}
+    assert 0.0 < values["numpy"] < 1.0
+    assert values["numba"] == pytest.approx(values["numpy"], abs=1e-12)
+
+
 def test_fmi_identities_and_errors():
     assert feature_mutual_information(A, [A, A]) == 1.0
     value = feature_mutual_information(F, [A, B])

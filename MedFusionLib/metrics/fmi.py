@@ -231,6 +231,7 @@ def _compiled_rows(kernels, features, size, first_row: int, end_row: int, rows: 
     pdf, cdf, log_pdf, stats, joint, log_joint, base, total, same, log_scratch = buffers
     out_cols = features[0].shape[1] - size[1] + 1
     sums = np.zeros(len(features) - 1)
+    pairs = kernels.fmi_pairs_kernel(size[0] * size[1])
     for r0 in range(first_row, end_row, rows):
         r1 = min(r0 + rows, end_row)
         used = (r1 - r0) * out_cols
@@ -239,8 +240,7 @@ def _compiled_rows(kernels, features, size, first_row: int, end_row: int, rows: 
             log_joint[:, used:] = 1.0  # scalar C library (see _kernels.log_in_place)
         kernels.fmi_windows(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats)
         kernels.log_in_place(log_pdf, log_scratch)
-        kernels.fmi_pairs(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats,
-                          joint, log_joint, base, total, same)
+        pairs(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats, joint, log_joint, base, total, same)
         kernels.log_in_place(log_joint, log_scratch)
         kernels.fmi_scores(joint, log_joint, base, total, same, used, sums)
     return sums
