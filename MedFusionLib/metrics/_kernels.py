@@ -1012,7 +1012,9 @@ def fmi_pairs_kernel(length: int):
                         fused_next = fused_values[a]
                         other_next = other_values[b]
                         take_fused = fused_next <= other_next
-                        value = fused_next if take_fused else other_next
+                        # The smaller head, as a minimum (one instruction): selecting on take_fused
+                        # compiles to a jump, mispredicted half the time. Equal heads are equal values.
+                        value = fused_next if fused_next < other_next else other_next
                         w = value - previous
                         previous = value
                         bound += w * ((length - a) * ((length - b) if positive else b))
