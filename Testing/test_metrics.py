@@ -533,6 +533,31 @@ def test_evaluate_matches_the_individual_functions():
     assert three["MI"] == pytest.approx(fusion_mutual_information(F, [A, B, T]))
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_ssim_and_qw_share_one_gaussian_pass(backend):
+    """evaluate() asks for SSIM and QW together: the compiled backend makes their Gaussian moments once
+    (structural.gaussian_structure), and every value is exactly the one each metric's own call gives."""
+    from MedFusionLib.metrics import ScoredGroup, metrics_backend
+    from MedFusionLib.metrics import edge_dependent_quality_index, ssim_to_sources, weighted_quality_index
+
+    if backend == "numba" and metrics_backend() != "numba":
+        pytest.skip("numba is not installed")
+    keys = ["SSIM_S", "QW", "QE", "SSIM"]
+    together = evaluate(F, [A, B], T, metrics=keys, backend=backend)
+    alone = {"SSIM_S": ssim_to_sources(F, [A, B]), "QW": weighted_quality_index(F, [A, B]),
+             "QE": edge_dependent_quality_index(F, [A, B]), "SSIM": structural_similarity(F, T)}
+    if backend == "numba":
+        assert together == alone  # bit for bit: one formula per pixel, summed in the same order
+    else:
+        assert together == pytest.approx(alone, rel=1e-12)
+    group = ScoredGroup.from_inputs(F, [A, B], T, backend=backend)
+    group.requested = frozenset(keys)
+    for key in keys:
+        METRICS[key].compute(group)
+    passes = [key for key in group._cache if key[0] == "gaussian_structure"]
+    assert passes == ([("gaussian_structure", True, True)] if backend == "numba" else [])
+
+
 def test_metrics_table_and_csv(tmp_path):
     rows = metrics_table({"avg": {"QABF": 0.5, "EN": 7.0, "time_s": 0.01}, "max": {"EN": 6.0}})
     assert list(rows[0]) == ["image", "EN", "QABF", "time_s"]

@@ -1,10 +1,12 @@
 """One evaluation's images on the 0-255 scale, with the intermediate results metrics share.
 
-Q0 and QW need the same windowed statistics, QE and Q^AB/F the same Sobel
-gradients, SSIM and VIF the same filtered fused image for every source, the
-information metrics the same grey levels and histograms.  A :class:`ScoredGroup`
-computes each of these once, on first use, so :func:`~MedFusionLib.metrics.evaluate`
-pays for them once however many metrics ask.  Every metric's public function builds
+SSIM and QW need the same Gaussian moments of every image, QW and QE the same
+QW of the images, the image statistics (MEAN, STD, SF, GRAD, EOG) one pass over the
+fused image, the information metrics the same grey levels and histograms.  A
+:class:`ScoredGroup` computes each of these once, on first use, so
+:func:`~MedFusionLib.metrics.evaluate` pays for them once however many metrics ask; it
+also tells the group which metrics it will ask for (:attr:`ScoredGroup.requested`), so
+that the first of two metrics sharing a pass can compute the other's part in it.  Every metric's public function builds
 a group for its own call; nothing is kept from one group to the next.
 
 Images are addressed by role: ``"F"`` (fused), ``0 .. K-1`` (sources), ``"T"`` (target).
@@ -105,6 +107,9 @@ class ScoredGroup:
         self.target = target
         #: The compiled kernels this group uses, or None for the NumPy path.
         self.kernels = compiled_kernels() if backend in (None, "numba") else None
+        #: Keys of the metrics this group will be asked for (set by :func:`~MedFusionLib.metrics.evaluate`;
+        #: empty for one metric's own call): see :meth:`wants`.
+        self.requested: frozenset[str] = frozenset()
         self._cache: dict[tuple, object] = {}
 
     @property
@@ -148,6 +153,10 @@ class ScoredGroup:
                 raise InputError("this metric needs a target image")
             return self.target
         return self.sources[role]
+
+    def wants(self, *keys: str) -> bool:
+        """Whether one of these metrics will be asked of this group: a pass it shares can compute its part too."""
+        return not self.requested.isdisjoint(keys)
 
     def memo(self, key: tuple, compute: Callable[[], _T]) -> _T:
         """``compute()`` once per key for the life of the group."""
@@ -226,8 +235,6 @@ class ScoredGroup:
             return np.clip(quality, -1.0, 1.0)
 
         return self.memo(("quality_map", source), compute)
-
-    # ------------------------------------------------------------------ SSIM statistics
 
 
 def gaussian_11(image: np.ndarray) -> np.ndarray:

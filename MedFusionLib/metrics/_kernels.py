@@ -209,18 +209,31 @@ def grey_joint_histogram(first, second, bins):
     return counts
 
 
-# --------------------------------------------------------------------------- SSIM
+# --------------------------------------------------------------------------- SSIM and QW
 
 
 @_jit
-def ssim_sums(images, weights, c1, c2, first, end):
-    """Sums of the SSIM map of each image k against the last one, over interior rows ``[first, end)``.
+def gaussian_structure_sums(images, weights, c1, c2, floor, flat, ssim_count, piella_count, first, end):
+    """SSIM's and QW's sums over the 'valid' output rows ``[first, end)``, from one pass of Gaussian moments.
 
-    Transcription of :func:`MedFusionLib.metrics.structural.ssim_between`: Gaussian
-    moments (``weights`` = SSIM's 11 taps) and the SSIM formula per pixel, over the
-    pixels at least ``r`` from every border (whose mean is SSIM); those are exactly
-    the 'valid' ones, so the border mode of the NumPy path never enters. Rows are
-    numbered within the interior (0 is image row ``r``).
+    ``images`` = (others..., fused); ``weights`` = SSIM's 11 taps. Every image's filtered
+    x, x^2 and x * x_F are made once per row (:func:`_filtered_moments`) and serve both:
+
+    - SSIM (:func:`MedFusionLib.metrics.structural.ssim_between`): the sum of the SSIM map
+      of each of the first ``ssim_count`` images against the fused one, over the pixels at
+      least ``r`` from every border (whose mean is SSIM; those are exactly the 'valid' ones,
+      so the border mode of the NumPy path never enters). Rows are numbered within the
+      interior (0 is image row ``r``).
+    - QW (:func:`MedFusionLib.metrics.piella._weighted_quality_of`, Liu's ``metricPeilla.m``
+      case 2) over the first ``piella_count`` images (the sources; 0: not computed):
+      ``sum_w c(w) sum_k lambda_k SSIM_k``, ``sum_w c(w)`` and ``sum_w sum_k lambda_k SSIM_k``,
+      with ``c(w) = max_k s_k`` and ``lambda_k = s_k / sum_j s_j`` for the window variances
+      ``s_k`` (below ``floor`` taken as 0; all ``flat`` where none varies, and then ``c(w)``
+      is ``flat`` only where every source is 0 throughout the window, else 0). The caller
+      weighs windows equally when every one is flat and not black.
+
+    SSIM_k is computed once per pixel for both, with unfloored variances. Returns
+    ``(ssim sums, QW numerator, QW denominator, QW unweighted sum)``.
     """
     count = len(images)
     width = images[0].shape[1]
@@ -228,56 +241,40 @@ def ssim_sums(images, weights, c1, c2, first, end):
     out_width = width - 2 * radius
     column = np.empty(width)
     moments = np.empty((3 * count - 1, out_width))
-    sums = np.zeros(count - 1)
+    similarity = np.empty((count - 1, out_width))
+    saliency = np.empty(max(piella_count, 1))
+    ssim_sums = np.zeros(count - 1)
+    numerator = 0.0
+    denominator = 0.0
+    unweighted = 0.0
+    measured = max(ssim_count, piella_count)
     for centre in range(radius + first, radius + end):
         _filtered_moments(images, centre, weights, column, moments)
         mean_y = moments[count - 1]
         square_y = moments[2 * count - 1]
-        for k in range(count - 1):
+        for k in range(measured):
             mean_x = moments[k]
             square_x = moments[count + k]
             cross = moments[2 * count + k]
-            total = 0.0
+            row = similarity[k]
             for j in range(out_width):
                 mx = mean_x[j]
                 my = mean_y[j]
                 var_x = square_x[j] - mx * mx
                 var_y = square_y[j] - my * my
                 cov = cross[j] - mx * my
-                total += ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (var_x + var_y + c2))
-            sums[k] += total
-    return sums
-
-
-@_jit
-def piella_sums(images, weights, c1, c2, floor, flat, first, end):
-    """QW's sums over the 'valid' output rows ``[first, end)``: ``sum_w c(w) sum_k lambda_k SSIM_k`` and ``sum_w c(w)``.
-
-    Transcription of :func:`MedFusionLib.metrics.piella._weighted_quality_of` (Liu's
-    ``metricPeilla.m`` case 2) with every image's Gaussian moments filtered in one pass:
-    ``images`` = (sources..., fused); ``c(w) = max_k s_k`` and ``lambda_k = s_k / sum_j s_j``
-    with the window variances ``s_k`` (below ``floor`` taken as 0; all ``flat`` where none
-    varies, and then ``c(w)`` is ``flat`` only where every source is 0 throughout the window,
-    else 0), SSIM_k the SSIM of source k and the fused image with unfloored variances. Returns
-    the sums and the number of windows counted (all windows flat and not black: the caller
-    weighs them equally).
-    """
-    count = len(images)
-    sources = count - 1
-    width = images[0].shape[1]
-    radius = weights.size // 2
-    out_width = width - 2 * radius
-    column = np.empty(width)
-    moments = np.empty((3 * count - 1, out_width))
-    saliency = np.empty(sources)
-    numerator = 0.0
-    denominator = 0.0
-    unweighted = 0.0
-    for centre in range(radius + first, radius + end):
-        _filtered_moments(images, centre, weights, column, moments)
+                row[j] = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (var_x + var_y + c2))
+        for k in range(ssim_count):
+            total = 0.0
+            row = similarity[k]
+            for j in range(out_width):
+                total += row[j]
+            ssim_sums[k] += total
+        if piella_count == 0:
+            continue
         for j in range(out_width):
             total = 0.0
-            for k in range(sources):
+            for k in range(piella_count):
                 mean = moments[k, j]
                 variance = moments[count + k, j] - mean * mean
                 saliency[k] = 0.0 if abs(variance) < floor else variance
@@ -285,28 +282,21 @@ def piella_sums(images, weights, c1, c2, floor, flat, first, end):
             is_flat = total == 0.0
             black = is_flat
             if is_flat:
-                for k in range(sources):
+                for k in range(piella_count):
                     saliency[k] = flat
                     black = black and moments[k, j] == 0.0
-                total = flat * sources
-            mean_f = moments[count - 1, j]
-            variance_f = moments[2 * count - 1, j] - mean_f * mean_f
+                total = flat * piella_count
             largest = saliency[0]
             weighted = 0.0
-            for k in range(sources):
-                mean = moments[k, j]
-                variance = moments[count + k, j] - mean * mean
-                covariance = moments[2 * count + k, j] - mean_f * mean
-                ssim = ((2 * mean_f * mean + c1) * (2 * covariance + c2)) / (
-                    (mean_f * mean_f + mean * mean + c1) * (variance_f + variance + c2))
-                weighted += saliency[k] / total * ssim
+            for k in range(piella_count):
+                weighted += saliency[k] / total * similarity[k, j]
                 largest = max(largest, saliency[k])
             if is_flat and not black:
                 largest = 0.0  # flat, not black: the reference's round-off weighs it about nothing
             numerator += largest * weighted
             denominator += largest
             unweighted += weighted
-    return numerator, denominator, unweighted
+    return ssim_sums, numerator, denominator, unweighted
 
 
 @_jit

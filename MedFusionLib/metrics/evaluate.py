@@ -160,6 +160,7 @@ def evaluate(
                 f"metrics: {[k for k in keys if METRICS[k].family == 'target']} need a target image"
             )
     group = ScoredGroup.from_inputs(fused, sources, target, data_range, backend)
+    group.requested = frozenset(keys)
     return {key: METRICS[key].compute(group) for key in METRICS if key in keys}
 
 

@@ -34,14 +34,12 @@ from scipy import ndimage
 
 from ._common import SCORE_MAX, VARIANCE_FLOOR, DataRange
 from ._group import Role, ScoredGroup, gaussian_11, in_row_bands
-from .structural import _SSIM_WEIGHTS
+from .structural import _SSIM_WEIGHTS, FLAT_SALIENCY, gaussian_structure
 
 _WINDOW = 11
 _PAD = _WINDOW // 2
 _C1 = (0.01 * SCORE_MAX) ** 2
 _C2 = (0.03 * SCORE_MAX) ** 2
-#: What ``metricPeilla.m`` adds to both variances where their sum is 0.
-_FLAT_SALIENCY = 0.5
 
 
 def _prewitt_magnitude(image: np.ndarray) -> np.ndarray:
@@ -70,14 +68,19 @@ def _piella_images(group: ScoredGroup, edges: bool) -> list[np.ndarray]:
 def _weighted_quality_of(group: ScoredGroup, edges: bool) -> float:
     """QW of the images (or of their edge images): ``metricPeilla.m`` case 2."""
     def compiled():
-        images = tuple(_piella_images(group, edges))
-        bands = in_row_bands(
-            lambda first, end: group.kernels.piella_sums(
-                images, _SSIM_WEIGHTS, _C1, _C2, VARIANCE_FLOOR, _FLAT_SALIENCY, first, end),
-            images[0].shape[0] - 2 * _PAD, group.kernels)
-        numerator, denominator, unweighted = (sum(b[i] for b in bands) for i in range(3))
+        rows, cols = group.fused.shape[0] - 2 * _PAD, group.fused.shape[1] - 2 * _PAD
+        if edges:
+            images = tuple(_piella_images(group, edges))
+            sources = len(images) - 1
+            bands = in_row_bands(
+                lambda first, end: group.kernels.gaussian_structure_sums(
+                    images, _SSIM_WEIGHTS, _C1, _C2, VARIANCE_FLOOR, FLAT_SALIENCY, 0, sources, first, end),
+                rows, group.kernels)
+            numerator, denominator, unweighted = (sum(b[i] for b in bands) for i in (1, 2, 3))
+        else:  # the images' Gaussian moments: made once with SSIM's when the group wants both
+            numerator, denominator, unweighted = gaussian_structure(group, ssim=False, qw=True)[1]
         if denominator == 0:  # every window flat and not black: they count the same
-            return float(unweighted / ((images[0].shape[0] - 2 * _PAD) * (images[0].shape[1] - 2 * _PAD)))
+            return float(unweighted / (rows * cols))
         return float(numerator / denominator)
 
     def compute():
@@ -98,7 +101,7 @@ def _weighted_quality_of(group: ScoredGroup, edges: bool) -> float:
         variances[np.abs(variances) < VARIANCE_FLOOR] = 0.0
         flat = np.all(variances == 0, axis=0)
         black = flat & np.all(np.stack(means) == 0, axis=0)
-        variances[:, flat] = _FLAT_SALIENCY
+        variances[:, flat] = FLAT_SALIENCY
         local_weight = variances / variances.sum(axis=0)
         window_weight = variances.max(axis=0)
         window_weight[flat & ~black] = 0.0

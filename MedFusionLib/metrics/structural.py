@@ -20,6 +20,8 @@ from ._group import QUALITY_WINDOW, Role, ScoredGroup, in_row_bands
 
 #: Side of SSIM's Gaussian window (sigma 1.5 truncated at 3.5 sigma, as in Wang et al. 2004).
 SSIM_WINDOW = 11
+#: QW's saliency of every source where none varies (``metricPeilla.m``'s rule; see :mod:`.piella`).
+FLAT_SALIENCY = 0.5
 _SSIM_C1 = (0.01 * SCORE_MAX) ** 2
 _SSIM_C2 = (0.03 * SCORE_MAX) ** 2
 #: The taps of :func:`gaussian_11` (SciPy's ``_gaussian_kernel1d``), for the compiled backend.
@@ -52,17 +54,46 @@ def ssim_between(group: ScoredGroup, reference: Role, image: Role = "F") -> floa
 
 def _ssim_to_fused(group: ScoredGroup) -> dict[Role, float]:
     """Compiled backend: SSIM(R, F) for every source and the target, in one pass over F."""
+    return gaussian_structure(group, ssim=True, qw=False)[0]
+
+
+def gaussian_structure(
+    group: ScoredGroup, *, ssim: bool, qw: bool
+) -> tuple[dict[Role, float], tuple[float, float, float] | None]:
+    """Compiled backend: SSIM's Gaussian moments of every image, made once for SSIM and QW.
+
+    SSIM against the fused image (of every source, and of the target if there is one)
+    and QW (:func:`~MedFusionLib.metrics.piella.weighted_quality_index`) both start from
+    the 11-tap Gaussian means, squares and cross products with F of the same images; the
+    kernel (``_kernels.gaussian_structure_sums``) makes them once per row and computes
+    each pixel's SSIM once for both. Each metric asks for its own part, and for the
+    other's too when the group will be asked for it (:meth:`ScoredGroup.wants`), so the
+    second finds the pass done.
+
+    :param ssim: compute SSIM of every source and the target against F.
+    :param qw: compute QW's sums over the sources.
+    :returns: ``({role: SSIM}, (QW numerator, denominator, unweighted sum) or None)``.
+    """
+    ssim = ssim or group.wants("SSIM_S", "SSIM")
+    qw = qw or group.wants("QW", "QE")
+
     def compute():
-        roles: list[Role] = [*range(len(group.sources)), *(["T"] if group.target is not None else [])]
+        roles: list[Role] = list(range(len(group.sources)))
+        if ssim and group.target is not None:
+            roles.append("T")
         images = tuple(np.ascontiguousarray(group.image(r)) for r in [*roles, "F"])
         pad = SSIM_WINDOW // 2
         rows, cols = images[0].shape[0] - 2 * pad, images[0].shape[1] - 2 * pad
         bands = in_row_bands(
-            lambda first, end: group.kernels.ssim_sums(images, _SSIM_WEIGHTS, _SSIM_C1, _SSIM_C2, first, end),
+            lambda first, end: group.kernels.gaussian_structure_sums(
+                images, _SSIM_WEIGHTS, _SSIM_C1, _SSIM_C2, VARIANCE_FLOOR, FLAT_SALIENCY,
+                len(roles) if ssim else 0, len(group.sources) if qw else 0, first, end),
             rows, group.kernels)
-        return dict(zip(roles, (float(v) for v in sum(bands) / (rows * cols))))
+        values = dict(zip(roles, (float(v) for v in sum(b[0] for b in bands) / (rows * cols)))) if ssim else {}
+        sums = tuple(float(sum(b[i] for b in bands)) for i in (1, 2, 3)) if qw else None
+        return values, sums
 
-    return group.memo(("ssim_to_fused",), compute)
+    return group.memo(("gaussian_structure", ssim, qw), compute)
 
 
 def _ssim_to_sources(group: ScoredGroup) -> float:
