@@ -801,9 +801,10 @@ def exp_in_place(values, scratch):
 # Feature mutual information scores every window pair with fmi.m's joint
 # distribution (see MedFusionLib.metrics.fmi._fmi_window_scores for the algebra).
 # Per block of windows the work is split where the logarithms are: fmi_windows
-# makes every window's pdf, log_in_place takes their logs, fmi_pairs (made by
-# fmi_pairs_kernel) merges the CDFs and writes each coupling cell's joint value,
-# log_in_place takes those logs, fmi_scores sums.
+# makes every window's pdf, log_in_place takes their logs, fmi_window_sums the
+# entropies and correlations, fmi_pairs (made by fmi_pairs_kernel) merges the CDFs
+# and writes each coupling cell's joint value, log_in_place takes those logs,
+# fmi_scores sums.
 
 
 @_jit
@@ -817,7 +818,7 @@ def fmi_windows(features, r0, r1, win_rows, win_cols, pdf, cdf, log_argument, st
     ``pdf[p, q, n]`` the min-max normalised window (all ones if constant) scaled to
     sum 1, ``cdf[p, q, n]`` its running sum,
     ``log_argument[p, q, n]`` the pdf with zeros replaced by 1 (its log is the
-    entropy's ``log p``, 0 for empty cells), and ``stats[p, :, n]`` = (sum of the CDF,
+    entropy's ``log p``, 0 for empty cells), and ``stats[p, :4, n]`` = (sum of the CDF,
     centred sum of squares of the pdf, standard deviation of the cell index, mean of the pdf).
     """
     width = features[0].shape[1]
@@ -896,6 +897,58 @@ def fmi_windows(features, r0, r1, win_rows, win_cols, pdf, cdf, log_argument, st
             stats[p, 3, window] = acc
 
 
+@_jit
+def fmi_window_sums(features, r0, r1, win_rows, win_cols, pdf, log_pdf, stats, same):
+    """The per-window sums :func:`fmi_pairs` needs, over rows of windows (contiguous, so vectorised).
+
+    Inputs as :func:`fmi_windows` and the logarithm left them. Writes ``stats[p, 4, n]``,
+    the entropy ``-sum p log p`` of image p's window n; ``stats[k, 5, n]``, the centred
+    cross product ``sum_q (p_S - mean) (p_F - mean)`` of source k's window with the fused
+    one; and ``same[k, n]``, whether the two windows score 1 without the merge: equal
+    feature values, or both flat (as in fmi.m, see fmi._fmi_window_scores; fmi_windows left
+    a flat window's centred sum of squares at exactly 0, and only a flat window's).
+    """
+    count = len(features)
+    sources = count - 1
+    fused = features[sources]
+    out_cols = fused.shape[1] - win_cols + 1
+    used = (r1 - r0) * out_cols
+    length = pdf.shape[1]
+    for p in range(count):
+        entropy = stats[p, 4, :used]
+        entropy[:] = 0.0
+        for q in range(length):
+            x = pdf[p, q, :used]
+            log_x = log_pdf[p, q, :used]
+            for n in range(used):
+                entropy[n] -= x[n] * log_x[n]
+    mean_f = stats[sources, 3, :used]
+    flat_f = stats[sources, 1, :used]
+    for k in range(sources):
+        cross = stats[k, 5, :used]
+        cross[:] = 0.0
+        mean_s = stats[k, 3, :used]
+        for q in range(length):
+            x = pdf[k, q, :used]
+            f = pdf[sources, q, :used]
+            for n in range(used):
+                cross[n] += (x[n] - mean_s[n]) * (f[n] - mean_f[n])
+        image = features[k]
+        flags = same[k, :used]
+        for r in range(r0, r1):
+            row = flags[(r - r0) * out_cols : (r - r0 + 1) * out_cols]
+            row[:] = True
+            for dr in range(win_rows):
+                for dc in range(win_cols):
+                    first = image[r + dr, dc : dc + out_cols]
+                    second = fused[r + dr, dc : dc + out_cols]
+                    for c in range(out_cols):
+                        row[c] &= first[c] == second[c]
+        flat_s = stats[k, 1, :used]
+        for n in range(used):
+            flags[n] |= (flat_s[n] == 0.0) & (flat_f[n] == 0.0)
+
+
 @functools.lru_cache(maxsize=None)
 def fmi_pairs_kernel(length: int):
     """:func:`fmi_pairs` compiled for windows of ``length`` cells (9 for FMI's 3x3 windows).
@@ -906,16 +959,17 @@ def fmi_pairs_kernel(length: int):
     """
 
     @_jit
-    def fmi_pairs(features, r0, r1, win_rows, win_cols, pdf, cdf, log_pdf, stats, joint, argument, base, total, same):
+    def fmi_pairs(pdf, cdf, log_pdf, stats, same, used, joint, argument, base, total):
         """Each (source window, fused window) pair's joint cells, for :func:`fmi_scores`.
 
-        Inputs as :func:`fmi_windows` left them (``log_pdf`` = the log of its
-        ``log_argument``; windows of ``length`` cells). For source k and window n:
+        Inputs as :func:`fmi_windows` and :func:`fmi_window_sums` left them for the first
+        ``used`` windows (``log_pdf`` = the log of ``log_argument``; windows of ``length``
+        cells). For source k and window n:
         ``joint[k, n, :2l]`` the joint value of each coupling cell (0 for cells of zero
         width), ``joint[k, n, 2l]`` the weight of ``log|1 - kappa|``, ``argument`` the
         absolute values whose logs :func:`log_in_place` takes next (1 where a value is 0),
-        ``base`` the rest of ``H_S + H_F - H_J`` and ``total`` = ``H_S + H_F``; ``same``
-        flags windows equal to the fused one.
+        ``base`` the rest of ``H_S + H_F - H_J`` and ``total`` = ``H_S + H_F`` (windows
+        flagged ``same`` get zeros: they score 1).
 
         fmi.m's joint entropy ``-sum J log|J|``, with ``J = kappa D + (1 - kappa) p_F p_S^T``,
         is that of the product part in closed form, corrected on the coupling's cells::
@@ -932,108 +986,78 @@ def fmi_pairs_kernel(length: int):
         negative correlation (rows and columns clipped to l - 1), and adds
         ``width (l - a) (l - b)`` (or ``(l - a) b``) to the bound copula's sum.
         """
-        count = len(features)
-        sources = count - 1
-        fused = features[sources]
-        out_cols = fused.shape[1] - win_cols + 1
+        sources = pdf.shape[0] - 1
         # Each side's values in ascending order, ending in +inf: the merge never reads past one.
         fused_values = np.full(length + 1, np.inf)
         other_values = np.full(length + 1, np.inf)
         pf = np.empty(length)
-        ps = np.empty(length)
         lpf = np.empty(length)
-        lps = np.empty(length)
         widths = np.empty(2 * length)
         products = np.empty(2 * length)
-        n = 0
-        for r in range(r0, r1):
-            for c in range(out_cols):
-                h_f = 0.0
-                for q in range(length):
-                    pf[q] = pdf[sources, q, n]
-                    lpf[q] = log_pdf[sources, q, n]
-                    fused_values[q] = cdf[sources, q, n]
-                    h_f -= pf[q] * lpf[q]
-                mean_f = stats[sources, 3, n]
-                for k in range(sources):
-                    image = features[k]
-                    identical = True
-                    for dr in range(win_rows):
-                        for dc in range(win_cols):
-                            if image[r + dr, c + dc] != fused[r + dr, c + dc]:
-                                identical = False
-                                break
-                        if not identical:
-                            break
-                    # Two flat windows score 1, as in fmi.m (see fmi._fmi_window_scores); fmi_windows
-                    # left a flat window's centred sum of squares at exactly 0, and only a flat window's.
-                    if not identical and stats[k, 1, n] == 0.0 and stats[sources, 1, n] == 0.0:
-                        identical = True
-                    same[k, n] = identical
-                    if identical:
-                        for e in range(2 * length + 1):
-                            joint[k, n, e] = 0.0
-                            argument[k, n, e] = 1.0
-                        base[k, n] = 0.0
-                        total[k, n] = 0.0
-                        continue
-                    mean_s = stats[k, 3, n]
-                    h_s = 0.0
-                    cross = 0.0
-                    for q in range(length):
-                        ps[q] = pdf[k, q, n]
-                        lps[q] = log_pdf[k, q, n]
-                        h_s -= ps[q] * lps[q]
-                        cross += (ps[q] - mean_s) * (pf[q] - mean_f)
-                    norm = math.sqrt(stats[k, 1, n] * stats[sources, 1, n])
-                    corr = cross / norm if (cross != 0.0 and norm > 0.0) else 0.0
-                    positive = corr >= 0.0
-                    for j in range(length):
-                        up = cdf[k, j, n]
-                        down = 1.0 - cdf[k, length - 1 - j, n]
-                        other_values[j] = up if positive else down
-                    bound = 0.0
-                    mass = 0.0
-                    mass_log = 0.0
-                    a = 0  # fused values merged so far
-                    b = 0  # source values merged so far
-                    previous = 0.0
-                    for e in range(2 * length):
-                        fused_next = fused_values[a]
-                        other_next = other_values[b]
-                        take_fused = fused_next <= other_next
-                        # The smaller head, as a minimum (one instruction): selecting on take_fused
-                        # compiles to a jump, mispredicted half the time. Equal heads are equal values.
-                        value = fused_next if fused_next < other_next else other_next
-                        w = value - previous
-                        previous = value
-                        bound += w * ((length - a) * ((length - b) if positive else b))
-                        row = a if a < length else length - 1
-                        col = (b if b < length else length - 1) if positive else (length - b if b > 0 else length - 1)
-                        product = pf[row] * ps[col]
-                        widths[e] = w
-                        products[e] = product
-                        counted = product if w != 0.0 else 0.0
-                        mass += counted
-                        mass_log += counted * (lpf[row] + lps[col])
-                        a += take_fused
-                        b += 1 - take_fused
-                    sd_f = stats[sources, 2, n]
-                    sd_s = stats[k, 2, n]
-                    denominator = sd_f * sd_s
-                    spread = (bound - stats[sources, 0, n] * stats[k, 0, n]) / (denominator if denominator > 0 else 1.0)
-                    kappa = corr / spread if (sd_s > 0 and sd_f > 0 and corr != 0.0 and spread != 0.0) else 0.0
-                    rest = 1.0 - kappa
-                    for e in range(2 * length):
-                        w = widths[e]
-                        value = kappa * w + rest * products[e] if w != 0.0 else 0.0
-                        joint[k, n, e] = value
-                        argument[k, n, e] = abs(value) if value != 0.0 else 1.0
-                    joint[k, n, 2 * length] = rest * (1.0 - mass)
-                    argument[k, n, 2 * length] = abs(rest) if rest != 0.0 else 1.0
-                    base[k, n] = h_s + h_f - rest * (h_f + h_s) - rest * mass_log
-                    total[k, n] = h_s + h_f
-                n += 1
+        for n in range(used):
+            h_f = stats[sources, 4, n]
+            for q in range(length):
+                pf[q] = pdf[sources, q, n]
+                lpf[q] = log_pdf[sources, q, n]
+                fused_values[q] = cdf[sources, q, n]
+            for k in range(sources):
+                if same[k, n]:
+                    for e in range(2 * length + 1):
+                        joint[k, n, e] = 0.0
+                        argument[k, n, e] = 1.0
+                    base[k, n] = 0.0
+                    total[k, n] = 0.0
+                    continue
+                h_s = stats[k, 4, n]
+                cross = stats[k, 5, n]
+                norm = math.sqrt(stats[k, 1, n] * stats[sources, 1, n])
+                corr = cross / norm if (cross != 0.0 and norm > 0.0) else 0.0
+                positive = corr >= 0.0
+                for j in range(length):
+                    up = cdf[k, j, n]
+                    down = 1.0 - cdf[k, length - 1 - j, n]
+                    other_values[j] = up if positive else down
+                bound = 0.0
+                mass = 0.0
+                mass_log = 0.0
+                a = 0  # fused values merged so far
+                b = 0  # source values merged so far
+                previous = 0.0
+                for e in range(2 * length):
+                    fused_next = fused_values[a]
+                    other_next = other_values[b]
+                    take_fused = fused_next <= other_next
+                    # The smaller head, as a minimum (one instruction): selecting on take_fused
+                    # compiles to a jump, mispredicted half the time. Equal heads are equal values.
+                    value = fused_next if fused_next < other_next else other_next
+                    w = value - previous
+                    previous = value
+                    bound += w * ((length - a) * ((length - b) if positive else b))
+                    row = a if a < length else length - 1
+                    col = (b if b < length else length - 1) if positive else (length - b if b > 0 else length - 1)
+                    product = pf[row] * pdf[k, col, n]
+                    widths[e] = w
+                    products[e] = product
+                    counted = product if w != 0.0 else 0.0
+                    mass += counted
+                    mass_log += counted * (lpf[row] + log_pdf[k, col, n])
+                    a += take_fused
+                    b += 1 - take_fused
+                sd_f = stats[sources, 2, n]
+                sd_s = stats[k, 2, n]
+                denominator = sd_f * sd_s
+                spread = (bound - stats[sources, 0, n] * stats[k, 0, n]) / (denominator if denominator > 0 else 1.0)
+                kappa = corr / spread if (sd_s > 0 and sd_f > 0 and corr != 0.0 and spread != 0.0) else 0.0
+                rest = 1.0 - kappa
+                for e in range(2 * length):
+                    w = widths[e]
+                    value = kappa * w + rest * products[e] if w != 0.0 else 0.0
+                    joint[k, n, e] = value
+                    argument[k, n, e] = abs(value) if value != 0.0 else 1.0
+                joint[k, n, 2 * length] = rest * (1.0 - mass)
+                argument[k, n, 2 * length] = abs(rest) if rest != 0.0 else 1.0
+                base[k, n] = h_s + h_f - rest * (h_f + h_s) - rest * mass_log
+                total[k, n] = h_s + h_f
 
     return fmi_pairs
 

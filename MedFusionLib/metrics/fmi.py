@@ -204,15 +204,15 @@ def _compiled_window_sums(kernels, features: tuple[np.ndarray, ...], size: tuple
 def _block_buffers(count: int, length: int, windows: int) -> tuple[np.ndarray, ...]:
     """Scratch of one block of ``windows`` windows.
 
-    pdf, CDF, log pdf, stats; joint, log joint, base, total, same; the logarithm's
-    scratch. The arrays whose logarithms are taken start as ones: the logarithm runs
+    pdf, CDF, log pdf, stats (see ``_kernels.fmi_windows`` and ``fmi_window_sums``);
+    joint, log joint, base, total, same; the logarithm's scratch. The arrays whose logarithms are taken start as ones: the logarithm runs
     over whole arrays (a last, partial block sets their tails back to ones first).
     """
     return (
         np.empty((count, length, windows)),
         np.empty((count, length, windows)),
         np.ones((count, length, windows)),
-        np.empty((count, 4, windows)),
+        np.empty((count, 6, windows)),
         np.empty((count - 1, windows, 2 * length + 1)),
         np.ones((count - 1, windows, 2 * length + 1)),
         np.empty((count - 1, windows)),
@@ -240,7 +240,8 @@ def _compiled_rows(kernels, features, size, first_row: int, end_row: int, rows: 
             log_joint[:, used:] = 1.0  # scalar C library (see _kernels.log_in_place)
         kernels.fmi_windows(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats)
         kernels.log_in_place(log_pdf, log_scratch)
-        pairs(features, r0, r1, size[0], size[1], pdf, cdf, log_pdf, stats, joint, log_joint, base, total, same)
+        kernels.fmi_window_sums(features, r0, r1, size[0], size[1], pdf, log_pdf, stats, same)
+        pairs(pdf, cdf, log_pdf, stats, same, used, joint, log_joint, base, total)
         kernels.log_in_place(log_joint, log_scratch)
         kernels.fmi_scores(joint, log_joint, base, total, same, used, sums)
     return sums
