@@ -472,6 +472,25 @@ def test_fmi_compiled_windows_of_every_length(window, shape, count):
     assert values["numba"] == pytest.approx(values["numpy"], abs=1e-12)
 
 
+def test_fmi_compiled_blocks_and_bands(monkeypatch):
+    """Many blocks per band, a partial last block, and two bands where numba may use two threads:
+    the compiled band loop (fmi_band) gives the NumPy path's value."""
+    from MedFusionLib.metrics import ScoredGroup
+    from MedFusionLib.metrics import fmi as fmi_module
+
+    if fmi_module.fmi_backend() != "numba":
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(fmi_module, "_BLOCK_WINDOWS", 50)  # 2 of the 21 window columns' rows per block
+    rng = np.random.default_rng(7)
+    sources = [rng.integers(0, 256, (71, 23)).astype(float) for _ in range(2)]
+    fused = 0.6 * sources[0] + 0.4 * sources[1]
+    fused[30:40] = sources[1][30:40]  # identical windows in the middle of a band
+    group = ScoredGroup.from_inputs(fused, sources, data_range=(0, 255))
+    values = {backend: fmi_module._feature_mutual_information(group, "gradient", 3, backend=backend)
+              for backend in ("numpy", "numba")}
+    assert values["numba"] == pytest.approx(values["numpy"], abs=1e-12)
+
+
 def test_fmi_identities_and_errors():
     assert feature_mutual_information(A, [A, A]) == 1.0
     value = feature_mutual_information(F, [A, B])

@@ -800,10 +800,10 @@ def exp_in_place(values, scratch):
 #
 # Feature mutual information scores every window pair with fmi.m's joint
 # distribution (see MedFusionLib.metrics.fmi._fmi_window_scores for the algebra).
-# Per block of windows the work is split where the logarithms are: fmi_windows
-# makes every window's pdf, log_in_place takes their logs, fmi_window_sums the
-# entropies and correlations, fmi_pairs (made by fmi_pairs_kernel) merges the CDFs
-# and writes each coupling cell's joint value, log_in_place takes those logs,
+# Per block of windows the work is split where the logarithms are (see fmi_band,
+# made by fmi_band_kernel): fmi_windows makes every window's pdf, log_in_place takes
+# their logs, fmi_window_sums the entropies and correlations, the pair step merges the
+# CDFs and writes each coupling cell's joint value, log_in_place takes those logs,
 # fmi_scores sums.
 
 
@@ -899,7 +899,7 @@ def fmi_windows(features, r0, r1, win_rows, win_cols, pdf, cdf, log_argument, st
 
 @_jit
 def fmi_window_sums(features, r0, r1, win_rows, win_cols, pdf, log_pdf, stats, same):
-    """The per-window sums :func:`fmi_pairs` needs, over rows of windows (contiguous, so vectorised).
+    """The per-window sums :func:`fmi_band_kernel`'s pair step needs, over rows of windows (vectorised).
 
     Inputs as :func:`fmi_windows` and the logarithm left them. Writes ``stats[p, 4, n]``,
     the entropy ``-sum p log p`` of image p's window n; ``stats[k, 5, n]``, the centred
@@ -950,8 +950,8 @@ def fmi_window_sums(features, r0, r1, win_rows, win_cols, pdf, log_pdf, stats, s
 
 
 @functools.lru_cache(maxsize=None)
-def fmi_pairs_kernel(length: int):
-    """:func:`fmi_pairs` compiled for windows of ``length`` cells (9 for FMI's 3x3 windows).
+def fmi_band_kernel(length: int):
+    """:func:`fmi_band` compiled for windows of ``length`` cells (9 for FMI's 3x3 windows).
 
     The window length is a constant of the compiled code, so the compiler unrolls the
     merge's 2 ``length`` steps (about 10 % of FMI's time at 3x3). numba keys its on-disk
@@ -959,34 +959,22 @@ def fmi_pairs_kernel(length: int):
     """
 
     @_jit
-    def fmi_pairs(pdf, cdf, log_pdf, stats, same, used, joint, argument, base, total):
-        """Each (source window, fused window) pair's joint cells, for :func:`fmi_scores`.
+    def fmi_band(features, first_row, end_row, win_rows, win_cols, rows, pdf, cdf, log_pdf, stats,
+                 joint, log_joint, base, total, same, log_scratch, sums):
+        """Add each source's FMI window scores over the windows whose top row is in ``[first_row, end_row)``.
 
-        Inputs as :func:`fmi_windows` and :func:`fmi_window_sums` left them for the first
-        ``used`` windows (``log_pdf`` = the log of ``log_argument``; windows of ``length``
-        cells). For source k and window n:
-        ``joint[k, n, :2l]`` the joint value of each coupling cell (0 for cells of zero
-        width), ``joint[k, n, 2l]`` the weight of ``log|1 - kappa|``, ``argument`` the
-        absolute values whose logs :func:`log_in_place` takes next (1 where a value is 0),
-        ``base`` the rest of ``H_S + H_F - H_J`` and ``total`` = ``H_S + H_F`` (windows
-        flagged ``same`` get zeros: they score 1).
-
-        fmi.m's joint entropy ``-sum J log|J|``, with ``J = kappa D + (1 - kappa) p_F p_S^T``,
-        is that of the product part in closed form, corrected on the coupling's cells::
-
-            sum J log|J| = r log|r| (1 - m) - r (H_F + H_S) - r sum_c p_c (log p_F + log p_S)
-                           + sum_c J_c log|J_c|,   r = 1 - kappa,  m = sum_c p_c
-
-        over the cells c of nonzero width. Those cells are the intervals between
-        consecutive values of the fused CDF merged with the source CDF (or 1 minus it,
-        reversed, for a negative correlation), fused values first on ties. The merge is
-        written without branches (which value comes next is a select, not a jump the
-        processor would mispredict half the time); after a fused values and b source
-        values, the next interval is the cell (row a, column b), or column l - b for a
-        negative correlation (rows and columns clipped to l - 1), and adds
-        ``width (l - a) (l - b)`` (or ``(l - a) b``) to the bound copula's sum.
+        ``features`` = (sources..., fused) feature maps. Blocks of ``rows`` window rows
+        at a time fill the buffers (see ``fmi._block_buffers``): :func:`fmi_windows`
+        makes every window's pdf, :func:`log_in_place` takes their logs,
+        :func:`fmi_window_sums` the entropies and correlations, the pair step below merges
+        the CDFs and writes each coupling cell's joint value, :func:`log_in_place` takes
+        those logs and :func:`fmi_scores` adds the window scores to ``sums``. One call per
+        band keeps the whole loop in compiled code: called block by block from Python,
+        two threads took the interpreter's lock in turns for every kernel call, and two
+        bands ran only 1.3-1.7x faster than one.
         """
         sources = pdf.shape[0] - 1
+        out_cols = features[0].shape[1] - win_cols + 1
         # Each side's values in ascending order, ending in +inf: the merge never reads past one.
         fused_values = np.full(length + 1, np.inf)
         other_values = np.full(length + 1, np.inf)
@@ -994,72 +982,106 @@ def fmi_pairs_kernel(length: int):
         lpf = np.empty(length)
         widths = np.empty(2 * length)
         products = np.empty(2 * length)
-        for n in range(used):
-            h_f = stats[sources, 4, n]
-            for q in range(length):
-                pf[q] = pdf[sources, q, n]
-                lpf[q] = log_pdf[sources, q, n]
-                fused_values[q] = cdf[sources, q, n]
-            for k in range(sources):
-                if same[k, n]:
-                    for e in range(2 * length + 1):
-                        joint[k, n, e] = 0.0
-                        argument[k, n, e] = 1.0
-                    base[k, n] = 0.0
-                    total[k, n] = 0.0
-                    continue
-                h_s = stats[k, 4, n]
-                cross = stats[k, 5, n]
-                norm = math.sqrt(stats[k, 1, n] * stats[sources, 1, n])
-                corr = cross / norm if (cross != 0.0 and norm > 0.0) else 0.0
-                positive = corr >= 0.0
-                for j in range(length):
-                    up = cdf[k, j, n]
-                    down = 1.0 - cdf[k, length - 1 - j, n]
-                    other_values[j] = up if positive else down
-                bound = 0.0
-                mass = 0.0
-                mass_log = 0.0
-                a = 0  # fused values merged so far
-                b = 0  # source values merged so far
-                previous = 0.0
-                for e in range(2 * length):
-                    fused_next = fused_values[a]
-                    other_next = other_values[b]
-                    take_fused = fused_next <= other_next
-                    # The smaller head, as a minimum (one instruction): selecting on take_fused
-                    # compiles to a jump, mispredicted half the time. Equal heads are equal values.
-                    value = fused_next if fused_next < other_next else other_next
-                    w = value - previous
-                    previous = value
-                    bound += w * ((length - a) * ((length - b) if positive else b))
-                    row = a if a < length else length - 1
-                    col = (b if b < length else length - 1) if positive else (length - b if b > 0 else length - 1)
-                    product = pf[row] * pdf[k, col, n]
-                    widths[e] = w
-                    products[e] = product
-                    counted = product if w != 0.0 else 0.0
-                    mass += counted
-                    mass_log += counted * (lpf[row] + log_pdf[k, col, n])
-                    a += take_fused
-                    b += 1 - take_fused
-                sd_f = stats[sources, 2, n]
-                sd_s = stats[k, 2, n]
-                denominator = sd_f * sd_s
-                spread = (bound - stats[sources, 0, n] * stats[k, 0, n]) / (denominator if denominator > 0 else 1.0)
-                kappa = corr / spread if (sd_s > 0 and sd_f > 0 and corr != 0.0 and spread != 0.0) else 0.0
-                rest = 1.0 - kappa
-                for e in range(2 * length):
-                    w = widths[e]
-                    value = kappa * w + rest * products[e] if w != 0.0 else 0.0
-                    joint[k, n, e] = value
-                    argument[k, n, e] = abs(value) if value != 0.0 else 1.0
-                joint[k, n, 2 * length] = rest * (1.0 - mass)
-                argument[k, n, 2 * length] = abs(rest) if rest != 0.0 else 1.0
-                base[k, n] = h_s + h_f - rest * (h_f + h_s) - rest * mass_log
-                total[k, n] = h_s + h_f
+        for r0 in range(first_row, end_row, rows):
+            r1 = min(r0 + rows, end_row)
+            used = (r1 - r0) * out_cols
+            # A last, partial block: the tails hold the previous block's logarithms (<= 0); back to
+            # ones, so the vectorised logarithm never meets a value it hands to the C library.
+            log_pdf[:, :, used:] = 1.0
+            log_joint[:, used:, :] = 1.0
+            fmi_windows(features, r0, r1, win_rows, win_cols, pdf, cdf, log_pdf, stats)
+            log_in_place(log_pdf, log_scratch)
+            fmi_window_sums(features, r0, r1, win_rows, win_cols, pdf, log_pdf, stats, same)
+            # Each (source window, fused window) pair's joint cells: for source k and window n,
+            # joint[k, n, :2l] the joint value of each coupling cell (0 for cells of zero width),
+            # joint[k, n, 2l] the weight of log|1 - kappa|, log_joint the absolute values whose logs
+            # the next log_in_place takes (1 where a value is 0), base the rest of H_S + H_F - H_J,
+            # total = H_S + H_F (windows flagged same get zeros: they score 1).
+            #
+            # fmi.m's joint entropy -sum J log|J|, with J = kappa D + (1 - kappa) p_F p_S^T, is that
+            # of the product part in closed form, corrected on the coupling's cells:
+            #
+            #   sum J log|J| = r log|r| (1 - m) - r (H_F + H_S) - r sum_c p_c (log p_F + log p_S)
+            #                  + sum_c J_c log|J_c|,   r = 1 - kappa,  m = sum_c p_c
+            #
+            # over the cells c of nonzero width. Those cells are the intervals between consecutive
+            # values of the fused CDF merged with the source CDF (or 1 minus it, reversed, for a
+            # negative correlation), fused values first on ties. The merge is written without
+            # branches (which value comes next is a select, not a jump the processor would
+            # mispredict half the time); after a fused values and b source values, the next
+            # interval is the cell (row a, column b), or column l - b for a negative correlation
+            # (rows and columns clipped to l - 1), and adds width (l - a) (l - b) (or (l - a) b)
+            # to the bound copula's sum.
+            for n in range(used):
+                h_f = stats[sources, 4, n]
+                for q in range(length):
+                    pf[q] = pdf[sources, q, n]
+                    lpf[q] = log_pdf[sources, q, n]
+                    fused_values[q] = cdf[sources, q, n]
+                for k in range(sources):
+                    if same[k, n]:
+                        for e in range(2 * length + 1):
+                            joint[k, n, e] = 0.0
+                            log_joint[k, n, e] = 1.0
+                        base[k, n] = 0.0
+                        total[k, n] = 0.0
+                        continue
+                    h_s = stats[k, 4, n]
+                    cross = stats[k, 5, n]
+                    norm = math.sqrt(stats[k, 1, n] * stats[sources, 1, n])
+                    corr = cross / norm if (cross != 0.0 and norm > 0.0) else 0.0
+                    positive = corr >= 0.0
+                    for j in range(length):
+                        up = cdf[k, j, n]
+                        down = 1.0 - cdf[k, length - 1 - j, n]
+                        other_values[j] = up if positive else down
+                    bound = 0.0
+                    mass = 0.0
+                    mass_log = 0.0
+                    a = 0  # fused values merged so far
+                    b = 0  # source values merged so far
+                    previous = 0.0
+                    for e in range(2 * length):
+                        fused_next = fused_values[a]
+                        other_next = other_values[b]
+                        take_fused = fused_next <= other_next
+                        # The smaller head, as a minimum (one instruction): selecting on take_fused
+                        # compiles to a jump, mispredicted half the time. Equal heads are equal values.
+                        value = fused_next if fused_next < other_next else other_next
+                        w = value - previous
+                        previous = value
+                        bound += w * ((length - a) * ((length - b) if positive else b))
+                        row = a if a < length else length - 1
+                        col = ((b if b < length else length - 1) if positive
+                               else (length - b if b > 0 else length - 1))
+                        product = pf[row] * pdf[k, col, n]
+                        widths[e] = w
+                        products[e] = product
+                        counted = product if w != 0.0 else 0.0
+                        mass += counted
+                        mass_log += counted * (lpf[row] + log_pdf[k, col, n])
+                        a += take_fused
+                        b += 1 - take_fused
+                    sd_f = stats[sources, 2, n]
+                    sd_s = stats[k, 2, n]
+                    denominator = sd_f * sd_s
+                    spread = (bound - stats[sources, 0, n] * stats[k, 0, n]) / (denominator if denominator > 0 else 1.0)
+                    kappa = corr / spread if (sd_s > 0 and sd_f > 0 and corr != 0.0 and spread != 0.0) else 0.0
+                    rest = 1.0 - kappa
+                    for e in range(2 * length):
+                        w = widths[e]
+                        value = kappa * w + rest * products[e] if w != 0.0 else 0.0
+                        joint[k, n, e] = value
+                        log_joint[k, n, e] = abs(value) if value != 0.0 else 1.0
+                    joint[k, n, 2 * length] = rest * (1.0 - mass)
+                    log_joint[k, n, 2 * length] = abs(rest) if rest != 0.0 else 1.0
+                    base[k, n] = h_s + h_f - rest * (h_f + h_s) - rest * mass_log
+                    total[k, n] = h_s + h_f
 
-    return fmi_pairs
+            log_in_place(log_joint, log_scratch)
+            fmi_scores(joint, log_joint, base, total, same, used, sums)
+
+    return fmi_band
 
 
 @_jit
