@@ -454,7 +454,7 @@ def test_fmi_matches_the_loop_definition(feature, backend):
 
 @pytest.mark.parametrize("window, shape, count", [(2, (9, 12), 2), (5, (14, 11), 2), (3, (2, 15), 2), (3, (12, 10), 3)])
 def test_fmi_compiled_windows_of_every_length(window, shape, count):
-    """The compiled merge is built per window length (fmi_pairs_kernel): 4, 25, 6 (a 2 x 3 window on a
+    """The compiled band loop is built per window length (fmi_band_kernel): 4, 25, 6 (a 2 x 3 window on a
     2-row image) and 9 cells with three sources all agree with the NumPy path, itself checked against fmi.m."""
     from MedFusionLib.metrics import ScoredGroup
     from MedFusionLib.metrics.fmi import _feature_mutual_information, fmi_backend

@@ -7,7 +7,7 @@ These are scikit-image's formulas, and the NumPy backend calls scikit-image for 
 (``skimage.metrics.mean_squared_error``, ``peak_signal_noise_ratio``,
 ``normalized_root_mse(normalization="euclidean")`` -- which is REL -- and
 ``structural_similarity``); the compiled backend computes the same sums in one pass over
-the images (``_kernels.error_sums``, ``ssim_sums``), which the tests check against it.
+the images (``_kernels.error_sums``, ``gaussian_structure_sums``), which the tests check against it.
 """
 
 from __future__ import annotations
