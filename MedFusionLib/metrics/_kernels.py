@@ -955,7 +955,9 @@ def fmi_band_kernel(length: int):
 
     The window length is a constant of the compiled code, so the compiler unrolls the
     merge's 2 ``length`` steps (about 10 % of FMI's time at 3x3). numba keys its on-disk
-    cache by the closure's values as well, so each length compiles once per install.
+    cache by the closure's values as well, so each window length (and number of sources)
+    compiles once per installation and change of this file (the Slicer module's worker
+    compiles FMI's 3x3 windows while it warms up).
     """
 
     @_jit
@@ -1038,6 +1040,9 @@ def fmi_band_kernel(length: int):
                     bound = 0.0
                     mass = 0.0
                     mass_log = 0.0
+                    # The walk stays inside both arrays because their values are ordered and end in
+                    # +inf: a NaN would break that, and none reaches here (the scoring scale refuses
+                    # non-finite images, and every pdf sums to 1).
                     a = 0  # fused values merged so far
                     b = 0  # source values merged so far
                     previous = 0.0

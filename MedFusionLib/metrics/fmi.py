@@ -191,16 +191,24 @@ def fmi_backend() -> str:
 def _compiled_window_sums(kernels, features: tuple[np.ndarray, ...], size: tuple[int, int]) -> np.ndarray:
     """Sum of window scores per source with the compiled kernels, bands of window rows in parallel.
 
-    ``features`` = (sources..., fused). Each band runs :func:`_compiled_rows` with its
-    own buffers (see :func:`~MedFusionLib.metrics._group.in_row_bands`).
+    ``features`` = (sources..., fused). Each band is one compiled call
+    (``_kernels.fmi_band``), which works through blocks of ``rows`` window rows with
+    its own buffers (see :func:`_block_buffers` and
+    :func:`~MedFusionLib.metrics._group.in_row_bands`).
     """
     out_rows = features[0].shape[0] - size[0] + 1
     out_cols = features[0].shape[1] - size[1] + 1
     rows = max(1, _BLOCK_WINDOWS // out_cols)
-    bands = in_row_bands(
-        lambda first, end, buffers: _compiled_rows(kernels, features, size, first, end, rows, buffers),
-        out_rows, kernels, lambda: _block_buffers(len(features), size[0] * size[1], rows * out_cols))
-    return sum(bands)
+    # Made here, once: on a first call, each band's thread would make (and load) its own.
+    band = kernels.fmi_band_kernel(size[0] * size[1])
+
+    def band_sums(first: int, end: int, buffers: tuple[np.ndarray, ...]) -> np.ndarray:
+        sums = np.zeros(len(features) - 1)
+        band(features, first, end, size[0], size[1], rows, *buffers, sums)
+        return sums
+
+    return sum(in_row_bands(band_sums, out_rows, kernels,
+                            lambda: _block_buffers(len(features), size[0] * size[1], rows * out_cols)))
 
 
 def _block_buffers(count: int, length: int, windows: int) -> tuple[np.ndarray, ...]:
@@ -223,18 +231,6 @@ def _block_buffers(count: int, length: int, windows: int) -> tuple[np.ndarray, .
         np.empty((count - 1, windows), dtype=bool),
         np.empty((2, max(count, 2 * (count - 1)) * length * windows + (count - 1) * windows), dtype=np.int64),
     )
-
-
-def _compiled_rows(kernels, features, size, first_row: int, end_row: int, rows: int, buffers) -> np.ndarray:
-    """Window-score sums per source for the windows whose top row is in ``[first_row, end_row)``.
-
-    One compiled call (``_kernels.fmi_band``) works through blocks of ``rows`` window
-    rows, filling ``buffers`` (see :func:`_block_buffers`).
-    """
-    sums = np.zeros(len(features) - 1)
-    band = kernels.fmi_band_kernel(size[0] * size[1])
-    band(features, first_row, end_row, size[0], size[1], rows, *buffers, sums)
-    return sums
 
 
 def _feature_mutual_information(
