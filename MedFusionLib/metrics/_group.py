@@ -6,8 +6,9 @@ fused image, the information metrics the same grey levels and histograms.  A
 :class:`ScoredGroup` computes each of these once, on first use, so
 :func:`~MedFusionLib.metrics.evaluate` pays for them once however many metrics ask; it
 also tells the group which metrics it will ask for (:attr:`ScoredGroup.requested`), so
-that the first of two metrics sharing a pass can compute the other's part in it.  Every metric's public function builds
-a group for its own call; nothing is kept from one group to the next.
+that the first of two metrics sharing a pass can compute the other's part in it.  Every
+metric's public function builds a group for its own call; nothing is kept from one group
+to the next.
 
 Images are addressed by role: ``"F"`` (fused), ``0 .. K-1`` (sources), ``"T"`` (target).
 

@@ -33,8 +33,8 @@ import numpy as np
 from scipy import ndimage
 
 from ._common import SCORE_MAX, VARIANCE_FLOOR, DataRange
-from ._group import Role, ScoredGroup, gaussian_11, in_row_bands
-from .structural import _SSIM_WEIGHTS, FLAT_SALIENCY, gaussian_structure
+from ._group import Role, ScoredGroup, gaussian_11
+from .structural import FLAT_SALIENCY, gaussian_structure, gaussian_structure_sums
 
 _WINDOW = 11
 _PAD = _WINDOW // 2
@@ -71,12 +71,7 @@ def _weighted_quality_of(group: ScoredGroup, edges: bool) -> float:
         rows, cols = group.fused.shape[0] - 2 * _PAD, group.fused.shape[1] - 2 * _PAD
         if edges:
             images = tuple(_piella_images(group, edges))
-            sources = len(images) - 1
-            bands = in_row_bands(
-                lambda first, end: group.kernels.gaussian_structure_sums(
-                    images, _SSIM_WEIGHTS, _C1, _C2, VARIANCE_FLOOR, FLAT_SALIENCY, 0, sources, first, end),
-                rows, group.kernels)
-            numerator, denominator, unweighted = (sum(b[i] for b in bands) for i in (1, 2, 3))
+            numerator, denominator, unweighted = gaussian_structure_sums(group, images, 0, len(images) - 1)[1]
         else:  # the images' Gaussian moments: made once with SSIM's when the group wants both
             numerator, denominator, unweighted = gaussian_structure(group, ssim=False, qw=True)[1]
         if denominator == 0:  # every window flat and not black: they count the same

@@ -83,17 +83,30 @@ def gaussian_structure(
             roles.append("T")
         images = tuple(np.ascontiguousarray(group.image(r)) for r in [*roles, "F"])
         pad = SSIM_WINDOW // 2
-        rows, cols = images[0].shape[0] - 2 * pad, images[0].shape[1] - 2 * pad
-        bands = in_row_bands(
-            lambda first, end: group.kernels.gaussian_structure_sums(
-                images, _SSIM_WEIGHTS, _SSIM_C1, _SSIM_C2, VARIANCE_FLOOR, FLAT_SALIENCY,
-                len(roles) if ssim else 0, len(group.sources) if qw else 0, first, end),
-            rows, group.kernels)
-        values = dict(zip(roles, (float(v) for v in sum(b[0] for b in bands) / (rows * cols)))) if ssim else {}
-        sums = tuple(float(sum(b[i] for b in bands)) for i in (1, 2, 3)) if qw else None
-        return values, sums
+        pixels = (images[0].shape[0] - 2 * pad) * (images[0].shape[1] - 2 * pad)
+        ssim_sums, qw_sums = gaussian_structure_sums(
+            group, images, len(roles) if ssim else 0, len(group.sources) if qw else 0)
+        values = dict(zip(roles, (float(v) for v in ssim_sums / pixels))) if ssim else {}
+        return values, qw_sums if qw else None
 
     return group.memo(("gaussian_structure", ssim, qw), compute)
+
+
+def gaussian_structure_sums(
+    group: ScoredGroup, images: tuple[np.ndarray, ...], ssim_count: int, qw_count: int
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``_kernels.gaussian_structure_sums`` over every valid row of ``images`` = (others..., F), bands in parallel.
+
+    :param ssim_count: the first images whose SSIM against F is summed (0: none).
+    :param qw_count: the first images (the sources) QW's sums are taken over (0: none).
+    :returns: the SSIM sums per image, and QW's (numerator, denominator, unweighted sum).
+    """
+    bands = in_row_bands(
+        lambda first, end: group.kernels.gaussian_structure_sums(
+            images, _SSIM_WEIGHTS, _SSIM_C1, _SSIM_C2, VARIANCE_FLOOR, FLAT_SALIENCY, ssim_count, qw_count,
+            first, end),
+        images[0].shape[0] - 2 * (SSIM_WINDOW // 2), group.kernels)
+    return sum(b[0] for b in bands), tuple(float(sum(b[i] for b in bands)) for i in (1, 2, 3))
 
 
 def _ssim_to_sources(group: ScoredGroup) -> float:
