@@ -44,3 +44,44 @@ def test_first_places_count_against_all_baselines_or_the_chosen_rivals():
     without_first = bench_quality.firsts(ranked, np.array([False, True]))
     assert without_first == list(bench_quality.RANK_METRICS)
     assert bench_quality.firsts(ranked, np.array([False, False])) == list(bench_quality.RANK_METRICS)
+
+
+def test_invented_edge_share_is_zero_for_copies_and_blends_and_counts_seams():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    a, b = (ndimage.gaussian_filter(rng.random((64, 64)), 2) for _ in range(2))
+    share = bench_quality.invented_edge_share
+    assert share(a.copy(), [a, b]) == 0.0
+    assert share(0.3 * a + 0.7 * b, [a, b]) < 1e-12  # a fixed blend: its gradient is a blend of theirs
+    left = np.arange(64)[None, :] < 32
+    seams = [share(np.where(left, a, b + offset), [a, b + offset]) for offset in (0.0, 0.2, 0.5)]
+    assert seams[0] < seams[1] < seams[2]  # a cut between sources: the larger the step, the larger the seam
+    assert seams[2] > 0.05
+    assert np.isnan(share(np.ones((8, 8)), [np.zeros((8, 8)), np.zeros((8, 8))]))  # no edges to compare with
+
+
+def test_teacher_search_family_holds_the_shipped_rule_and_pixel_selection():
+    import tune_teacher
+    from MedFusionLib.data.targets import phantom_cases
+
+    for modalities in (("CT", "MRI_T1"), ("MRI_T2", "SPECT")):
+        case = phantom_cases(1, (64, 64), [modalities], seed=11)[0]
+        current = tune_teacher.teacher_rule(case.inputs, tune_teacher.CURRENT)
+        assert np.array_equal(current, bench_quality.target_rule(case.inputs))  # bit for bit
+        selected = tune_teacher.teacher_rule(case.inputs, {**tune_teacher.CURRENT, "pixel_selection": 1.0})
+        stack = np.stack(case.inputs).astype(np.float32)
+        assert np.all((selected == stack[0]) | (selected == stack[1]))  # every pixel one source's value
+        assert not np.array_equal(selected, current)
+        detail = tune_teacher.teacher_rule(case.inputs, {**tune_teacher.CURRENT, "max_abs_detail_0": 1.0})
+        assert not np.array_equal(detail, current)
+
+
+def test_teacher_search_runs_and_starts_from_the_shipped_rule():
+    import tune_teacher
+
+    study = tune_teacher.main(["--trials", "3", "--cases", "1", "--pairs", "pet-spect"])
+    first = study.trials[0]
+    assert first.params == tune_teacher.CURRENT  # the enqueued baseline rule
+    assert len(first.user_attrs["firsts"]) == 4 and all(0 <= c <= 6 for c in first.user_attrs["firsts"])
+    assert len(study.trials) == 3

@@ -22,7 +22,9 @@ COPY (not ranked), the share of the fused image's entropy that its closest sourc
 ``max_k I(S_k; F) / H(F)``: 1.0 for a method that copies one source, which MI and VIF reward
 (on the PET and SPECT phantoms the guided filter returns the MRI almost unchanged). Where a
 baseline's COPY is at least 0.9, the first places are also counted without the copying baselines
-(a second line per pair; not a bar).
+(a second line per pair; not a bar). SEAM (not ranked, lower is better) is the share of the fused
+image's edge strength that no source has at that pixel (:func:`invented_edge_share`): the seams of
+rules that switch between sources, which SF counts as detail and Q^AB/F barely sees.
 
 Per pair it also prints the model's sample std over the cases and the metrics on which it is
 first against every baseline (the quality issue's bar: first on at least 4 of the 6 in every
@@ -30,7 +32,8 @@ pair). ``--seed 500,900,1300`` pools three held-out phantom sets.
 
 ``--model target`` scores the supervised target rule itself (:func:`MedFusionLib.data.targets.saliency_blend`,
 the teacher every shipped CNN learns) in the model's row: the ceiling of a model that learned it
-perfectly, in seconds, without training. A better teacher is where more first places have to start.
+perfectly, in seconds, without training. A better teacher is where more first places have to start;
+``tune_teacher.py`` searches a family of such rules automatically.
 
 Run: ``python benchmarks/bench_quality.py [--cases 4] [--seed 500[,900,...]] [--mni152] [--model default|dbm|target|FILE]``
 """
@@ -38,8 +41,10 @@ Run: ``python benchmarks/bench_quality.py [--cases 4] [--seed 500[,900,...]] [--
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 from _timing import interleaved_ratio
 
 from MedFusionLib.baselines import BASELINES
@@ -74,8 +79,9 @@ def mni152_groups(modalities: tuple[str, str], pair_index: int) -> list[list[np.
     return groups
 
 
-#: Unranked columns after the ranked metrics: the block-grid index and the share of F one source explains.
-EXTRA_COLUMNS = ["GRID", "COPY"]
+#: Unranked columns after the ranked metrics: the block-grid index, the share of F one source explains,
+#: and the share of F's edges no source has (seams).
+EXTRA_COLUMNS = ["GRID", "COPY", "SEAM"]
 
 
 def target_rule(inputs: list[np.ndarray]) -> np.ndarray:
@@ -96,10 +102,32 @@ def copied_share(fused: np.ndarray, inputs: list[np.ndarray]) -> float:
     return max(mutual_information(x, fused, base=2.0, data_range=(0, 1)) for x in inputs) / own
 
 
-def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Mean and sample std of the metrics per method (rows) over input groups of one modality pair;
-    the ranked metrics, then :data:`EXTRA_COLUMNS`."""
-    methods = ["model", *BASELINES]
+def invented_edge_share(fused: np.ndarray, inputs: list[np.ndarray]) -> float:
+    """``sum max(0, |grad F| - max_k |grad S_k|) / sum max_k |grad S_k|`` (Sobel magnitudes): the share
+    of the fused image's edge strength that no source has at that pixel.
+
+    0 for a copy of a source, and for any convex blend with weights that do not vary across the image
+    (its gradient is a blend of the sources'). Where a rule switches between sources (a selection
+    map, a cut, a halo), the step between two different grey levels is an edge neither source shows:
+    a seam. Q^AB/F barely sees seams (it weights pixels by the sources' own edge strength) and SF
+    counts them as detail, so this column shows what a lead on them costs.
+    """
+    def magnitude(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
+
+    strongest = np.max([magnitude(x) for x in inputs], axis=0)
+    total = strongest.sum()
+    if total == 0:
+        return float("nan")  # flat sources: no edge strength to compare with
+    return float(np.maximum(magnitude(fused) - strongest, 0).sum() / total)
+
+
+def score_groups(model, groups: list[list[np.ndarray]],
+                 baselines: Sequence[str] = tuple(BASELINES)) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Mean and sample std of the metrics per method (rows: the model, then ``baselines``) over input
+    groups of one modality pair; the ranked metrics, then :data:`EXTRA_COLUMNS`."""
+    methods = ["model", *baselines]
     totals = {m: [] for m in methods}
     for inputs in groups:
         for method in methods:
@@ -109,7 +137,8 @@ def score_groups(model, groups: list[list[np.ndarray]]) -> tuple[list[str], np.n
                 fused = fuse(inputs, method=model if method == "model" else method).image
             values = evaluate(fused, inputs, metrics=RANK_METRICS, data_range=(0, 1))
             totals[method].append([values[k] for k in RANK_METRICS]
-                                  + [block_grid_index(fused), copied_share(fused, inputs)])
+                                  + [block_grid_index(fused), copied_share(fused, inputs),
+                                     invented_edge_share(fused, inputs)])
     means = np.array([np.mean(totals[m], axis=0) for m in methods])
     spreads = np.array([np.std(totals[m], axis=0, ddof=1) if len(groups) > 1 else np.zeros(means.shape[1])
                         for m in methods])
