@@ -85,3 +85,15 @@ def test_teacher_search_runs_and_starts_from_the_shipped_rule():
     assert first.params == tune_teacher.CURRENT  # the enqueued baseline rule
     assert len(first.user_attrs["firsts"]) == 4 and all(0 <= c <= 6 for c in first.user_attrs["firsts"])
     assert len(study.trials) == 3
+
+
+def test_teacher_search_can_score_the_mni152_slices():
+    import pytest
+
+    pytest.importorskip("nilearn")
+    import tune_teacher
+
+    (pair,) = tune_teacher.pair_sets([("CT", "MRI_T1")], cases=1, seed=500, mni152=True)
+    assert len(pair.groups) == 6 and pair.baselines.shape[0] == len(tune_teacher.BASELINES)
+    row, margins = pair.score(lambda inputs: tune_teacher.teacher_rule(inputs, tune_teacher.CURRENT))
+    assert len(margins) == len(tune_teacher.RANK_METRICS) and np.isfinite(row).all()

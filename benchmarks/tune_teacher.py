@@ -23,7 +23,7 @@ Two modes, both Optuna (seeded, so a run repeats):
 Choose on one phantom set (``--seed 500``), confirm what you pick with ``bench_quality.py`` on others.
 
 Run: ``python benchmarks/tune_teacher.py [--trials 250] [--seed 500] [--cases 4] [--pairs all|pet-spect]
-[--frontier SSIM_S,SF]`` (about 1.3 s per trial for 24 phantoms on 2 cores; needs optuna).
+[--frontier SSIM_S,SF] [--mni152]`` (about 1.3 s per trial for 24 phantoms on 2 cores; needs optuna).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from bench_quality import RANK_METRICS, EXTRA_COLUMNS, firsts, phantom_groups, score_groups
+from bench_quality import RANK_METRICS, EXTRA_COLUMNS, firsts, mni152_groups, phantom_groups, score_groups
 from MedFusionLib.baselines import BASELINES
 from MedFusionLib.baselines.pixel import select_max_abs
 from MedFusionLib.baselines.pyramid import gaussian_pyramid, laplacian_pyramid, reconstruct_laplacian_pyramid
@@ -133,11 +133,13 @@ class PairSet:
         return firsts(np.vstack([row[None, : len(RANK_METRICS)], self.baselines[:, : len(RANK_METRICS)]]))
 
 
-def pair_sets(pairs: Sequence[tuple[str, ...]], cases: int, seed: int) -> list[PairSet]:
-    """Held-out phantoms per pair with their baselines scored (the slow part, done once per run)."""
+def pair_sets(pairs: Sequence[tuple[str, ...]], cases: int, seed: int, mni152: bool = False) -> list[PairSet]:
+    """Held-out phantoms (or ``bench_quality``'s six MNI152-derived slices) per pair, with their
+    baselines scored (the slow part, done once per run)."""
     sets = []
     for modalities in pairs:
-        groups = phantom_groups(modalities, cases, seed)
+        groups = (mni152_groups(modalities, MODALITY_PAIRS.index(tuple(modalities))) if mni152
+                  else phantom_groups(modalities, cases, seed))
         _, means, _ = score_groups(lambda inputs: inputs[0], groups)  # the model row is unused here
         sets.append(PairSet(tuple(modalities), groups, means[1:]))
     return sets
@@ -229,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--cases", type=int, default=4, help="phantoms per pair")
     parser.add_argument("--pairs", choices=["all", "pet-spect"], default="all")
     parser.add_argument("--frontier", default=None, help="two ranked metrics, e.g. SSIM_S,SF")
+    parser.add_argument("--mni152", action="store_true",
+                        help="search on bench_quality's MNI152-derived slices instead (needs nilearn)")
     args = parser.parse_args(argv)
     frontier = None
     if args.frontier:
@@ -236,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         if len(frontier) != 2 or not set(frontier) <= set(RANK_METRICS):
             parser.error(f"--frontier: two of {', '.join(RANK_METRICS)}")
     pairs = MODALITY_PAIRS if args.pairs == "all" else [p for p in MODALITY_PAIRS if p[1] in ("PET", "SPECT")]
-    return run(pair_sets(pairs, args.cases, args.seed), args.trials, frontier)
+    return run(pair_sets(pairs, args.cases, args.seed, args.mni152), args.trials, frontier)
 
 
 if __name__ == "__main__":
