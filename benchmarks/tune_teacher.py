@@ -12,7 +12,7 @@ mix with plain pixel selection (the decision map applied to pixels, no pyramid: 
 
 Two modes, both Optuna (seeded, so a run repeats):
 
-- ``--objective bar`` (default): single objective. Per pair, the 4th-best of the six margins
+- The default: one objective. Per pair, the 4th-best of the six margins
   ``rule / best baseline - 1`` (>= 0 means first on 4), capped at +0.02, summed over pairs; minus
   5 x the relative Q^AB/F lost against the current rule (the bar: no Q^AB/F loss), minus the seam
   share (``bench_quality.invented_edge_share``) above 1.1 x the current rule's, relative. Prints the
