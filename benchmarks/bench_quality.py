@@ -44,7 +44,6 @@ import argparse
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 from _timing import interleaved_ratio
 
 from MedFusionLib.baselines import BASELINES
@@ -52,6 +51,7 @@ from MedFusionLib.data.phantoms import mni152_slices
 from MedFusionLib.data.targets import (
     EVALUATION_SEED_BASE,
     MODALITY_PAIRS,
+    edge_strength,
     phantom_cases,
     saliency_blend,
     standardise_phantom,
@@ -112,15 +112,11 @@ def invented_edge_share(fused: np.ndarray, inputs: list[np.ndarray]) -> float:
     a seam. Q^AB/F barely sees seams (it weights pixels by the sources' own edge strength) and SF
     counts them as detail, so this column shows what a lead on them costs.
     """
-    def magnitude(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        return np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
-
-    strongest = np.max([magnitude(x) for x in inputs], axis=0)
+    strongest = np.max([edge_strength(x) for x in inputs], axis=0)
     total = strongest.sum()
     if total == 0:
         return float("nan")  # flat sources: no edge strength to compare with
-    return float(np.maximum(magnitude(fused) - strongest, 0).sum() / total)
+    return float(np.maximum(edge_strength(fused) - strongest, 0).sum() / total)
 
 
 def score_groups(model, groups: list[list[np.ndarray]],

@@ -42,7 +42,7 @@ from bench_quality import RANK_METRICS, EXTRA_COLUMNS, firsts, mni152_groups, ph
 from MedFusionLib.baselines import BASELINES
 from MedFusionLib.baselines.pixel import select_max_abs
 from MedFusionLib.baselines.pyramid import gaussian_pyramid, laplacian_pyramid, reconstruct_laplacian_pyramid
-from MedFusionLib.data.targets import MODALITY_PAIRS
+from MedFusionLib.data.targets import MODALITY_PAIRS, edge_strength
 
 #: The shipped rule's parameters: with these, :func:`teacher_rule` is ``saliency_blend`` (levels 4, sigma 4).
 CURRENT: dict[str, Any] = {
@@ -68,7 +68,7 @@ def teacher_rule(images: Sequence[np.ndarray], params: dict[str, Any]) -> np.nda
     stack = np.stack([np.asarray(x, np.float64) for x in images])
     presmooth = params["saliency_presmooth"]
     saliency = np.stack([
-        ndimage.gaussian_filter(np.hypot(ndimage.sobel(y, 0), ndimage.sobel(y, 1)), params["saliency_sigma"])
+        ndimage.gaussian_filter(edge_strength(y), params["saliency_sigma"])
         for y in (ndimage.gaussian_filter(x, presmooth) if presmooth > 0 else x for x in stack)
     ])
     if params["weight_power"] == "hard":
